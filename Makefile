@@ -1,0 +1,52 @@
+# switchboard — the only set-up is `make demo` or `make test`; both create/refresh .venv themselves.
+SHELL := /bin/bash
+PY_SYS ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help install index demo serve test lint bench schema clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	@echo "==> creating/refreshing $(VENV) (first run downloads packages, ~2-3 min)"
+	@test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip 'setuptools<81' wheel
+	@echo "==> torch 2.13.0 (CPU build) first, so nothing pulls a CUDA build"
+	@$(PY) -m pip install --progress-bar on 'torch==2.13.0'
+	@echo "==> switchboard and its pinned dependencies"
+	@$(PY) -m pip install --progress-bar on -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create/refresh the virtualenv
+
+index: $(STAMP) ## build the knowledge-base index (cached)
+	@$(PY) -m pipelines.indexing build
+
+demo: index ## start the app, play a scripted chat, print the live events, shut down
+	@$(PY) -m serve.demo
+
+serve: index ## run the server in the foreground on 127.0.0.1:8000
+	@$(PY) -m serve.run
+
+lint: $(STAMP) ## ruff
+	@$(VENV)/bin/ruff check .
+
+test: $(STAMP) ## lint + the whole test suite (unit + integration against real Ray, PostgreSQL, Redis)
+	@$(VENV)/bin/ruff check .
+	@$(PY) -m pytest -ra
+
+bench: index ## chat load benchmark (50 sessions), JSON on stdout
+	@$(PY) benchmarks/chat_load.py --start
+
+schema: $(STAMP) ## regenerate schemas/events.schema.json
+	@$(PY) -m pipelines.events
+
+clean: ## remove local state (database, index, token); keeps .venv
+	rm -rf .switchboard

@@ -1,0 +1,111 @@
+"""How each model backend is built from settings, and the in-process implementation of the model ports.
+
+Serve deployments (``serve/deployments.py``) call the same builders and expose the same method names with
+cross-session batching; tests and the laptop path use ``local_ports`` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from models.retrieval.index import ArticleIndex, Hit
+from models.text.intent import IntentPrediction, SimilarityIntentModel
+from models.text.sentiment import LexiconSentiment, SentimentScore
+
+from .config import Settings
+from .indexing import INTENT_FILE
+from .ports import ModelPorts
+
+if TYPE_CHECKING:
+    from models.text.pii import PiiDetector, RedactionResult
+
+    from models.retrieval.embedder import MiniLMEmbedder
+
+__all__ = [
+    "build_guardrail",
+    "build_sentiment",
+    "build_embedder",
+    "build_intent",
+    "build_retriever",
+    "local_ports",
+]
+
+
+def build_guardrail(settings: Settings) -> PiiDetector:
+    from models.text.pii import PiiDetector
+
+    return PiiDetector(spacy_model=settings.spacy_model)
+
+
+def build_sentiment(settings: Settings) -> LexiconSentiment:
+    return LexiconSentiment()
+
+
+def build_embedder(settings: Settings) -> MiniLMEmbedder:
+    from models.retrieval.embedder import MiniLMEmbedder
+
+    return MiniLMEmbedder(settings.embedding_model_path)
+
+
+def build_intent(settings: Settings) -> SimilarityIntentModel:
+    path = settings.resolved_index_dir / INTENT_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no intent examples index at {path}: run `python -m pipelines.indexing build` (make does it for you)"
+        )
+    data = np.load(path)
+    return SimilarityIntentModel(data["vectors"], [str(x) for x in data["labels"]])
+
+
+def build_retriever(settings: Settings) -> ArticleIndex:
+    return ArticleIndex.load(settings.resolved_index_dir)
+
+
+class _Local:
+    """Runs a sync model call in a worker thread so the event loop keeps serving other sessions."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.to_thread(partial(fn, *args))
+
+
+class LocalGuardrail(_Local):
+    async def redact(self, text: str) -> RedactionResult:
+        return await self._call(self.model.redact, text)
+
+
+class LocalSentiment(_Local):
+    async def score(self, text: str) -> SentimentScore:
+        return (await self._call(self.model.score_batch, [text]))[0]
+
+
+class LocalEmbedder(_Local):
+    async def embed(self, text: str) -> np.ndarray:
+        return (await self._call(self.model.embed_batch, [text]))[0]
+
+
+class LocalIntent(_Local):
+    async def predict(self, text: str, vector: np.ndarray) -> IntentPrediction:
+        return (await self._call(self.model.predict_batch, [text], np.atleast_2d(vector)))[0]
+
+
+class LocalRetriever(_Local):
+    async def search(self, vector: np.ndarray, k: int) -> list[Hit]:
+        return (await self._call(self.model.search_batch, np.atleast_2d(vector), k))[0]
+
+
+def local_ports(settings: Settings) -> ModelPorts:
+    """Every model in this process (tests, notebooks, the single-process dev path)."""
+    return ModelPorts(
+        guardrail=LocalGuardrail(build_guardrail(settings)),
+        sentiment=LocalSentiment(build_sentiment(settings)),
+        embedder=LocalEmbedder(build_embedder(settings)),
+        intent=LocalIntent(build_intent(settings)),
+        retriever=LocalRetriever(build_retriever(settings)),
+    )

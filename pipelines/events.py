@@ -1,0 +1,282 @@
+"""The switchboard event vocabulary (PROTOCOL.md v1) as typed pydantic models.
+
+Every message of a session is one of these events. The websocket JSON, the (future) protobuf and the stored
+event log are views of them. Field names are the wire contract: add fields freely, never rename or drop one
+without bumping ``PROTOCOL_VERSION``.
+
+Run ``python -m pipelines.events`` to (re)write the JSON schema in ``schemas/events.schema.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AudioFormat",
+    "SessionStart",
+    "ChatMessage",
+    "SuggestionFeedback",
+    "SessionEnd",
+    "ClientEvent",
+    "SessionStarted",
+    "TranscriptPartial",
+    "TranscriptFinal",
+    "RedactedEntity",
+    "Redaction",
+    "Sentiment",
+    "Entity",
+    "Intent",
+    "Article",
+    "Suggestion",
+    "Escalation",
+    "ErrorEvent",
+    "SessionEnded",
+    "ServerEvent",
+    "parse_client_event",
+    "new_id",
+    "json_schema",
+]
+
+PROTOCOL_VERSION = "v1"
+
+Channel = Literal["voice", "chat", "sms", "email"]
+
+
+def new_id(prefix: str) -> str:
+    """A short, sortable-enough unique id such as ``utt_1a2b3c4d5e6f``."""
+    return f"{prefix}_{uuid.uuid4().hex[:16]}"
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON-ready dict sent on the wire (``type`` first)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# ---------------------------------------------------------------- client -> server
+
+
+class AudioFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    encoding: Literal["pcm_s16le", "mulaw"] = "pcm_s16le"
+    sample_rate: Literal[16000, 8000] = 16000
+    channels: Literal[1, 2] = 1
+
+
+class SessionStart(_Event):
+    """Must be the first event of a session. The tenant comes from the token, never from the client."""
+
+    type: Literal["session.start"] = "session.start"
+    channel: Channel
+    customer_id: str = Field(min_length=1, max_length=128)
+    session_id: str | None = Field(default=None, max_length=64, description="resume an existing session")
+    audio: AudioFormat | None = None
+
+
+class ChatMessage(_Event):
+    type: Literal["chat.message"] = "chat.message"
+    text: str = Field(min_length=1)
+    message_id: str | None = Field(default=None, max_length=128)
+    speaker: Literal["customer", "agent"] = Field(
+        default="customer", description="who wrote it; agent turns are redacted and stored but not analysed"
+    )
+
+
+class SuggestionFeedback(_Event):
+    type: Literal["suggestion.feedback"] = "suggestion.feedback"
+    suggestion_id: str = Field(min_length=1, max_length=64)
+    action: Literal["accepted", "rejected", "edited"]
+    final_text: str | None = None
+
+
+class SessionEnd(_Event):
+    type: Literal["session.end"] = "session.end"
+
+
+ClientEvent = Annotated[
+    SessionStart | ChatMessage | SuggestionFeedback | SessionEnd,
+    Field(discriminator="type"),
+]
+_client_adapter: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
+CLIENT_TYPES = ("session.start", "chat.message", "suggestion.feedback", "session.end")
+
+
+def parse_client_event(data: dict[str, Any]) -> SessionStart | ChatMessage | SuggestionFeedback | SessionEnd:
+    """Validate a decoded client frame. Raises pydantic.ValidationError."""
+    return _client_adapter.validate_python(data)
+
+
+# ---------------------------------------------------------------- server -> client
+
+
+class SessionStarted(_Event):
+    type: Literal["session.started"] = "session.started"
+    session_id: str
+    tenant: str
+    channel: Channel
+    resumed: bool = False
+
+
+class TranscriptPartial(_Event):
+    type: Literal["transcript.partial"] = "transcript.partial"
+    utterance_id: str
+    text: str
+    speaker: str
+    start: float
+    end: float
+
+
+class TranscriptFinal(_Event):
+    """A finished utterance: a voice segment, or a chat/SMS/email message. Text is already redacted."""
+
+    type: Literal["transcript.final"] = "transcript.final"
+    utterance_id: str
+    text: str
+    speaker: str
+    start: float
+    end: float
+    confidence: float = Field(ge=0.0, le=1.0)
+    latency_ms: float
+    message_id: str | None = None
+
+
+class RedactedEntity(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    start: int
+    end: int
+
+
+class Redaction(_Event):
+    type: Literal["redaction"] = "redaction"
+    utterance_id: str
+    entities: list[RedactedEntity]
+    flags: list[str] = Field(default_factory=list, description="content-policy flags, e.g. abuse")
+
+
+class Sentiment(_Event):
+    type: Literal["sentiment"] = "sentiment"
+    utterance_id: str
+    label: Literal["negative", "neutral", "positive"]
+    score: float = Field(ge=-1.0, le=1.0)
+    emotions: dict[str, float] | None = None
+    model: str
+
+
+class Entity(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    value: str
+
+
+class Intent(_Event):
+    type: Literal["intent"] = "intent"
+    utterance_id: str
+    intent: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    entities: list[Entity] = Field(default_factory=list)
+    predicted: str | None = Field(default=None, description="best raw guess when confidence fell below threshold")
+    model: str = "rules"
+
+
+class Article(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    title: str
+    score: float
+
+
+class Suggestion(_Event):
+    type: Literal["assist.suggestion"] = "assist.suggestion"
+    suggestion_id: str
+    utterance_id: str
+    text: str
+    articles: list[Article]
+    source: Literal["generated", "cache", "articles_only"]
+    latency_ms: float
+    fallback: str | None = Field(default=None, description="set when a degraded path produced it")
+
+
+class Escalation(_Event):
+    type: Literal["escalation"] = "escalation"
+    utterance_id: str
+    reason: str
+    queue: str
+    priority: Literal["low", "normal", "high", "urgent"]
+    rule: str | None = None
+
+
+class ErrorEvent(_Event):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    retryable: bool = False
+    utterance_id: str | None = None
+
+
+class SessionEnded(_Event):
+    type: Literal["session.ended"] = "session.ended"
+    session_id: str
+    summary: dict[str, Any] | None = None
+
+
+ServerEvent = (
+    SessionStarted
+    | TranscriptPartial
+    | TranscriptFinal
+    | Redaction
+    | Sentiment
+    | Intent
+    | Suggestion
+    | Escalation
+    | ErrorEvent
+    | SessionEnded
+)
+
+
+def json_schema() -> dict[str, Any]:
+    """One JSON schema document holding every client and server event."""
+    client = TypeAdapter(ClientEvent).json_schema(ref_template="#/$defs/{model}")
+    server = TypeAdapter(Annotated[ServerEvent, Field(discriminator="type")]).json_schema(
+        ref_template="#/$defs/{model}"
+    )
+    defs = {**client.pop("$defs", {}), **server.pop("$defs", {})}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"switchboard wire protocol {PROTOCOL_VERSION}",
+        "$defs": defs,
+        "properties": {"client": client, "server": server},
+    }
+
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "events.schema.json"
+
+
+def write_schema(path: Path = SCHEMA_PATH) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def now_ms() -> float:
+    return time.perf_counter() * 1000.0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import argparse
+
+    argparse.ArgumentParser(description="Write the JSON schema of the switchboard events.").parse_args()
+    print(f"wrote {write_schema()}")

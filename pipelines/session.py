@@ -1,0 +1,256 @@
+"""The session pipeline: plain asyncio over typed events, no Ray.
+
+    guardrail → transcript → (sentiment ∥ planner) → assist → escalation → store
+
+``Pipeline`` is shared by every session of a process (stages, store, caches); ``SessionState`` is one
+conversation. Events are pushed to ``emit`` as soon as each stage produces them, and every emitted event is
+also appended to the session's stored event log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from .config import Settings
+from .errors import ProtocolError, SwitchboardError
+from .events import (
+    ChatMessage,
+    ErrorEvent,
+    Escalation,
+    SessionEnded,
+    SessionStart,
+    SessionStarted,
+    SuggestionFeedback,
+    TranscriptFinal,
+    _Event,
+    new_id,
+)
+from .ports import ModelPorts
+from .review import ReviewQueue
+from .stages.assist import AssistStage
+from .stages.base import Stage, Turn
+from .stages.escalation import EscalationRules, EscalationStage
+from .stages.guardrail import GuardrailStage
+from .stages.planner import PlannerStage
+from .stages.sentiment import SentimentStage
+from .storage import SessionStore
+
+__all__ = ["Pipeline", "SessionState", "Emit"]
+
+log = logging.getLogger("switchboard.pipeline")
+
+Emit = Callable[[_Event], Awaitable[None]]
+
+
+@dataclass
+class SessionState:
+    session_id: str
+    tenant: str
+    customer_id: str
+    channel: str
+    seq: int = 0  # next event sequence number
+    turns: int = 0
+    negative_streak: int = 0
+    sentiment_sum: float = 0.0
+    escalations: int = 0
+    fired_rules: set[str] = field(default_factory=set)
+    suggestions: set[str] = field(default_factory=set)
+    started: float = field(default_factory=time.perf_counter)
+    ended: bool = False
+
+    def clock(self) -> float:
+        """Seconds since the session (this connection) started."""
+        return round(time.perf_counter() - self.started, 3)
+
+
+class Pipeline:
+    def __init__(self, ports: ModelPorts, store: SessionStore, review: ReviewQueue, settings: Settings) -> None:
+        self.settings = settings
+        self.store = store
+        self.ports = ports
+        t = settings.stage_timeout_s
+        self.guardrail = GuardrailStage(ports.guardrail, review, timeout_s=t)
+        self.sentiment = SentimentStage(ports.sentiment, timeout_s=t)
+        self.planner = PlannerStage(ports.embedder, ports.intent, threshold=settings.intent_threshold, timeout_s=t)
+        self.assist = AssistStage(ports.embedder, ports.retriever, top_k=settings.assist_top_k, timeout_s=t)
+        self.escalation = EscalationStage(EscalationRules.load(settings.escalation_rules), timeout_s=t)
+
+    @property
+    def stages(self) -> list[Stage]:
+        return [self.guardrail, self.sentiment, self.planner, self.assist, self.escalation]
+
+    # ------------------------------------------------------------ session lifecycle
+
+    async def start_session(self, tenant: str, start: SessionStart) -> tuple[SessionState, SessionStarted]:
+        if start.session_id:
+            row = await self.store.get_session(tenant, start.session_id)
+            if row is None:
+                raise ProtocolError(
+                    f"no session {start.session_id} for this tenant; omit session_id to start a new one",
+                    code="session_not_found",
+                )
+            state = SessionState(
+                row.id,
+                tenant,
+                row.customer_id,
+                row.channel,
+                seq=row.next_seq,
+                turns=row.turns,
+                fired_rules=set(row.fired_rules),
+                suggestions=set(row.suggestion_ids),
+            )
+            self.store.reopen_session(row.id, tenant)
+            started = SessionStarted(session_id=row.id, tenant=tenant, channel=row.channel, resumed=True)  # type: ignore[arg-type]
+        else:
+            state = SessionState(new_id("ses"), tenant, start.customer_id, start.channel)
+            self.store.create_session(state.session_id, tenant, start.customer_id, start.channel)
+            started = SessionStarted(session_id=state.session_id, tenant=tenant, channel=start.channel)
+        self._record(state, started)
+        return state, started
+
+    async def end_session(self, state: SessionState, emit: Emit | None, *, status: str = "ended") -> SessionEnded:
+        state.ended = True
+        summary = {
+            "turns": state.turns,
+            "escalations": state.escalations,
+            "sentiment_avg": round(state.sentiment_sum / state.turns, 4) if state.turns else None,
+            "duration_s": state.clock(),
+        }
+        ended = SessionEnded(session_id=state.session_id, summary=summary)
+        self.store.end_session(state.session_id, state.tenant, status=status)
+        if emit is not None:
+            await self.publish(state, emit, ended)
+        else:
+            self._record(state, ended)
+        return ended
+
+    # ------------------------------------------------------------ events in
+
+    async def handle(self, state: SessionState, event: _Event, emit: Emit) -> None:
+        if isinstance(event, ChatMessage):
+            await self.handle_message(state, event, emit)
+        elif isinstance(event, SuggestionFeedback):
+            await self.handle_feedback(state, event, emit)
+        else:
+            raise ProtocolError(f"{getattr(event, 'type', event)!r} is not valid here", code="invalid_event")
+
+    async def handle_message(self, state: SessionState, msg: ChatMessage, emit: Emit) -> None:
+        turn = Turn(
+            utterance_id=new_id("utt"),
+            speaker=msg.speaker,
+            received_at=time.perf_counter(),
+            raw_text=msg.text,
+            message_id=msg.message_id,
+        )
+        at = state.clock()
+        try:
+            redaction = await self.guardrail.run(turn, state)
+        except SwitchboardError as exc:
+            await self.publish(state, emit, exc.to_event())
+            return
+
+        self.store.add_utterance(
+            utterance_id=turn.utterance_id,
+            session_id=state.session_id,
+            tenant=state.tenant,
+            seq=state.seq,
+            speaker=turn.speaker,
+            text=turn.redacted,
+            message_id=turn.message_id,
+            start_s=at,
+            end_s=at,
+        )
+        await self.publish(
+            state,
+            emit,
+            TranscriptFinal(
+                utterance_id=turn.utterance_id,
+                text=turn.redacted,
+                speaker=turn.speaker,
+                start=at,
+                end=at,
+                confidence=1.0,
+                latency_ms=round((time.perf_counter() - turn.received_at) * 1000.0, 2),
+                message_id=turn.message_id,
+            ),
+        )
+        for ev in redaction:
+            await self.publish(state, emit, ev)
+        if turn.speaker != "customer":
+            return  # agent turns are part of the transcript, not analysed
+
+        state.turns += 1
+        sentiment_events, planner_events = await asyncio.gather(
+            self._run(self.sentiment, turn, state, emit), self._run(self.planner, turn, state, emit)
+        )
+        if turn.sentiment is not None:
+            state.sentiment_sum += turn.sentiment.score
+            state.negative_streak = state.negative_streak + 1 if turn.sentiment.label == "negative" else 0
+        for ev in [*sentiment_events, *planner_events]:
+            await self.publish(state, emit, ev)
+        for ev in await self._run(self.assist, turn, state, emit):
+            await self.publish(state, emit, ev)
+        for ev in await self._run(self.escalation, turn, state, emit):
+            if isinstance(ev, Escalation):
+                state.escalations += 1
+                self.store.add_escalation(
+                    session_id=state.session_id,
+                    tenant=state.tenant,
+                    utterance_id=ev.utterance_id,
+                    rule=ev.rule,
+                    reason=ev.reason,
+                    queue=ev.queue,
+                    priority=ev.priority,
+                )
+            await self.publish(state, emit, ev)
+
+    async def handle_feedback(self, state: SessionState, fb: SuggestionFeedback, emit: Emit) -> None:
+        if fb.suggestion_id not in state.suggestions:
+            raise ProtocolError(f"suggestion {fb.suggestion_id} was not sent in this session", code="unknown_suggestion")
+        record = fb.model_dump(mode="json", exclude_none=True)
+        if fb.final_text:
+            # The agent's edited text is stored too, so it passes the guardrail like any other text.
+            turn = Turn(utterance_id=new_id("fbk"), speaker="agent", received_at=time.perf_counter(), raw_text=fb.final_text)
+            try:
+                await self.guardrail.run(turn, state)
+            except SwitchboardError as exc:
+                await self.publish(state, emit, exc.to_event())
+                return
+            record["final_text"] = turn.redacted
+        self._record(state, record)
+
+    # ------------------------------------------------------------ plumbing
+
+    async def _run(self, stage: Stage, turn: Turn, state: SessionState, emit: Emit) -> list[_Event]:
+        """Run a stage whose fallback also failed: report it and let the rest of the turn go on."""
+        try:
+            return await stage.run(turn, state)
+        except SwitchboardError as exc:
+            await self.publish(state, emit, exc.to_event())
+        except Exception as exc:
+            log.error("stage %s and its fallback failed (%s)", stage.name, type(exc).__name__)
+            await self.publish(
+                state,
+                emit,
+                ErrorEvent(
+                    code="stage_failed",
+                    message=f"{stage.name} is unavailable for this message; the rest of the analysis continues",
+                    retryable=True,
+                    utterance_id=turn.utterance_id,
+                ),
+            )
+        return []
+
+    def _record(self, state: SessionState, event: _Event | dict) -> None:
+        payload = event if isinstance(event, dict) else event.wire()
+        self.store.add_event(session_id=state.session_id, tenant=state.tenant, seq=state.seq, payload=payload)
+        state.seq += 1
+
+    async def publish(self, state: SessionState, emit: Emit, event: _Event) -> None:
+        """Record the event in the session log, then send it."""
+        self._record(state, event)
+        await emit(event)

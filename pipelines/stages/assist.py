@@ -1,0 +1,67 @@
+"""Assist (retrieval part): search the knowledge base with the turn's embedding and suggest the top
+article's reply with the articles behind it. When search fails, the most recent good articles for the same
+intent (or any intent) are served from a small in-process cache, marked ``fallback: cached_articles``."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from ..events import Article, Suggestion, new_id
+from .base import Stage, Turn
+
+if TYPE_CHECKING:
+    from models.retrieval.index import Hit
+
+    from ..ports import EmbedderPort, RetrieverPort
+    from ..session import SessionState
+
+__all__ = ["AssistStage"]
+
+
+class AssistStage(Stage):
+    name = "assist"
+
+    def __init__(
+        self, embedder: EmbedderPort, retriever: RetrieverPort, top_k: int = 3, timeout_s: float = 5.0
+    ) -> None:
+        super().__init__(timeout_s)
+        self.embedder = embedder
+        self.retriever = retriever
+        self.top_k = top_k
+        self._recent: OrderedDict[str, list[Hit]] = OrderedDict()  # intent -> last good hits
+
+    def _suggestion(self, turn: Turn, state: SessionState, hits: list[Hit], fallback: str | None = None) -> list:
+        suggestion_id = new_id("sug")
+        state.suggestions.add(suggestion_id)
+        return [
+            Suggestion(
+                suggestion_id=suggestion_id,
+                utterance_id=turn.utterance_id,
+                text=hits[0].reply if hits else "",
+                articles=[Article(id=h.id, title=h.title, score=h.score) for h in hits],
+                source="articles_only",
+                latency_ms=round((time.perf_counter() - turn.received_at) * 1000.0, 2),
+                fallback=fallback,
+            )
+        ]
+
+    async def process(self, turn: Turn, state: SessionState) -> list:
+        if turn.vector is None:
+            turn.vector = await self.embedder.embed(turn.redacted)
+        hits = await self.retriever.search(turn.vector, self.top_k)
+        if hits:
+            self._recent[turn.intent or "other"] = hits
+            self._recent.move_to_end(turn.intent or "other")
+            while len(self._recent) > 64:
+                self._recent.popitem(last=False)
+        return self._suggestion(turn, state, hits)
+
+    async def fallback(self, turn: Turn, state: SessionState, error: BaseException) -> list:
+        hits = self._recent.get(turn.intent or "other")
+        if hits is None and self._recent:
+            hits = next(reversed(self._recent.values()))
+        if hits is None:
+            raise error
+        return self._suggestion(turn, state, hits, fallback="cached_articles")

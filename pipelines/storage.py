@@ -1,0 +1,434 @@
+"""Session storage through SQLAlchemy: a SQLite file by default, PostgreSQL in production.
+
+Only redacted text is ever written. Writes go through a queue drained by one background task in batches
+(one transaction per batch), so the hot path never waits on the database; if the database is unavailable,
+batches stay queued and are retried with backoff, then flushed (DESIGN failure table: "writes queued and
+flushed later"). ``flush()`` waits until everything queued so far is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError, SQLAlchemyError
+
+__all__ = ["SessionStore", "SessionRow", "metadata", "sessions", "utterances", "events", "escalations", "review_items"]
+
+log = logging.getLogger("switchboard.storage")
+
+metadata = MetaData()
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(64), nullable=False, index=True),
+    Column("customer_id", String(128), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("status", String(16), nullable=False, default="active"),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True)),
+)
+
+utterances = Table(
+    "utterances",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("session_id", String(64), nullable=False, index=True),
+    Column("tenant", String(64), nullable=False, index=True),
+    Column("seq", Integer, nullable=False),
+    Column("speaker", String(32), nullable=False),
+    Column("text", Text, nullable=False),  # redacted
+    Column("message_id", String(128)),
+    Column("start_s", Float),
+    Column("end_s", Float),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(64), nullable=False, index=True),
+    Column("tenant", String(64), nullable=False, index=True),
+    Column("seq", Integer, nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("utterance_id", String(64)),
+    Column("payload", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+escalations = Table(
+    "escalations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(64), nullable=False, index=True),
+    Column("tenant", String(64), nullable=False, index=True),
+    Column("utterance_id", String(64), nullable=False),
+    Column("rule", String(64)),
+    Column("reason", Text, nullable=False),
+    Column("queue", String(64), nullable=False),
+    Column("priority", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+review_items = Table(
+    "review_items",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(64), nullable=False, index=True),
+    Column("tenant", String(64), nullable=False, index=True),
+    Column("utterance_id", String(64), nullable=False),
+    Column("reason", String(128), nullable=False),
+    Column("nonce", LargeBinary, nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),  # AES-GCM; the raw text is never stored in clear
+    Column("status", String(16), nullable=False, default="pending"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+
+_REJECTED = (IntegrityError, DataError, ProgrammingError)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    id: str
+    tenant: str
+    customer_id: str
+    channel: str
+    status: str
+    next_seq: int
+    fired_rules: frozenset[str] = frozenset()
+    suggestion_ids: frozenset[str] = frozenset()
+    turns: int = 0
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+class SessionStore:
+    """Async facade over a sync SQLAlchemy engine with a write-behind queue."""
+
+    def __init__(self, url: str, *, batch_size: int = 256, max_backoff_s: float = 5.0) -> None:
+        self.url = url
+        self.engine = _make_engine(url)
+        self.batch_size = batch_size
+        self.max_backoff_s = max_backoff_s
+        self._pending: deque[tuple[Any, Any]] = deque()  # (statement, params)
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.write_failures = 0
+        self.rejected_writes = 0
+        self._schema_ready = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine)
+        self._schema_ready = True
+
+    async def start(self) -> None:
+        """Start the writer. If the database is down, sessions still start: writes queue until it is back."""
+        try:
+            await asyncio.to_thread(self.create_schema)
+        except SQLAlchemyError as exc:
+            log.warning("database unavailable at start (%s); writes will queue until it is back", type(exc).__name__)
+        if self._task is None:
+            self._task = asyncio.create_task(self._writer(), name="switchboard-store-writer")
+
+    async def close(self) -> None:
+        """Flush everything queued, then stop the writer and release connections."""
+        if self._task is not None:
+            await self.flush()
+            self._closed = True
+            self._wake.set()
+            await self._task
+            self._task = None
+        await asyncio.to_thread(self.engine.dispose)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed (wrap in ``asyncio.timeout`` to bound it)."""
+        if self._task is None:
+            raise RuntimeError("SessionStore.start() was not called")
+        await self._idle.wait()
+
+    # ------------------------------------------------------------ writes (queued)
+
+    def _enqueue(self, statement: Any, params: dict[str, Any]) -> None:
+        self._pending.append((statement, params))
+        self._idle.clear()
+        self._wake.set()
+
+    def create_session(self, session_id: str, tenant: str, customer_id: str, channel: str) -> None:
+        self._enqueue(
+            insert(sessions),
+            dict(
+                id=session_id,
+                tenant=tenant,
+                customer_id=customer_id,
+                channel=channel,
+                status="active",
+                started_at=_now(),
+            ),
+        )
+
+    def reopen_session(self, session_id: str, tenant: str) -> None:
+        self._enqueue(
+            update(sessions).where(sessions.c.id == session_id, sessions.c.tenant == tenant),
+            dict(status="active", ended_at=None),
+        )
+
+    def end_session(self, session_id: str, tenant: str, status: str = "ended") -> None:
+        self._enqueue(
+            update(sessions).where(sessions.c.id == session_id, sessions.c.tenant == tenant),
+            dict(status=status, ended_at=_now()),
+        )
+
+    def add_utterance(
+        self,
+        *,
+        utterance_id: str,
+        session_id: str,
+        tenant: str,
+        seq: int,
+        speaker: str,
+        text: str,
+        message_id: str | None = None,
+        start_s: float | None = None,
+        end_s: float | None = None,
+    ) -> None:
+        self._enqueue(
+            insert(utterances),
+            dict(
+                id=utterance_id,
+                session_id=session_id,
+                tenant=tenant,
+                seq=seq,
+                speaker=speaker,
+                text=text,
+                message_id=message_id,
+                start_s=start_s,
+                end_s=end_s,
+                created_at=_now(),
+            ),
+        )
+
+    def add_event(self, *, session_id: str, tenant: str, seq: int, payload: dict[str, Any]) -> None:
+        self._enqueue(
+            insert(events),
+            dict(
+                session_id=session_id,
+                tenant=tenant,
+                seq=seq,
+                type=payload["type"],
+                utterance_id=payload.get("utterance_id"),
+                payload=payload,
+                created_at=_now(),
+            ),
+        )
+
+    def add_escalation(
+        self, *, session_id: str, tenant: str, utterance_id: str, rule: str | None, reason: str, queue: str, priority: str
+    ) -> None:
+        self._enqueue(
+            insert(escalations),
+            dict(
+                session_id=session_id,
+                tenant=tenant,
+                utterance_id=utterance_id,
+                rule=rule,
+                reason=reason,
+                queue=queue,
+                priority=priority,
+                created_at=_now(),
+            ),
+        )
+
+    def add_review_item(
+        self, *, session_id: str, tenant: str, utterance_id: str, reason: str, nonce: bytes, ciphertext: bytes
+    ) -> None:
+        self._enqueue(
+            insert(review_items),
+            dict(
+                session_id=session_id,
+                tenant=tenant,
+                utterance_id=utterance_id,
+                reason=reason,
+                nonce=nonce,
+                ciphertext=ciphertext,
+                status="pending",
+                created_at=_now(),
+            ),
+        )
+
+    # ------------------------------------------------------------ reads (tenant-scoped)
+
+    async def get_session(self, tenant: str, session_id: str) -> SessionRow | None:
+        await self.flush()
+
+        def _read() -> SessionRow | None:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    select(sessions).where(sessions.c.id == session_id, sessions.c.tenant == tenant)
+                ).first()
+                if row is None:
+                    return None
+                scoped = (events.c.session_id == session_id, events.c.tenant == tenant)
+                n = conn.execute(select(events.c.seq).where(*scoped).order_by(events.c.seq.desc())).first()
+                rules = conn.execute(
+                    select(escalations.c.rule).where(
+                        escalations.c.session_id == session_id, escalations.c.tenant == tenant
+                    )
+                ).scalars()
+                suggestions = conn.execute(
+                    select(events.c.payload).where(*scoped, events.c.type == "assist.suggestion")
+                ).scalars()
+                turns = conn.execute(
+                    select(utterances.c.id).where(
+                        utterances.c.session_id == session_id,
+                        utterances.c.tenant == tenant,
+                        utterances.c.speaker == "customer",
+                    )
+                ).all()
+                return SessionRow(
+                    row.id,
+                    row.tenant,
+                    row.customer_id,
+                    row.channel,
+                    row.status,
+                    (n[0] + 1) if n else 0,
+                    fired_rules=frozenset(r for r in rules if r),
+                    suggestion_ids=frozenset(
+                        (p if isinstance(p, dict) else json.loads(p))["suggestion_id"] for p in suggestions
+                    ),
+                    turns=len(turns),
+                )
+
+        return await asyncio.to_thread(_read)
+
+    async def transcript(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
+        await self.flush()
+
+        def _read() -> list[dict[str, Any]]:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(utterances)
+                    .where(utterances.c.session_id == session_id, utterances.c.tenant == tenant)
+                    .order_by(utterances.c.seq)
+                )
+                return [dict(r._mapping) for r in rows]
+
+        return await asyncio.to_thread(_read)
+
+    async def session_events(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
+        await self.flush()
+
+        def _read() -> list[dict[str, Any]]:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(events.c.payload)
+                    .where(events.c.session_id == session_id, events.c.tenant == tenant)
+                    .order_by(events.c.seq)
+                )
+                return [r.payload if isinstance(r.payload, dict) else json.loads(r.payload) for r in rows]
+
+        return await asyncio.to_thread(_read)
+
+    # ------------------------------------------------------------ the writer
+
+    def _write_batch(self, batch: list[tuple[Any, Any]]) -> None:
+        if not self._schema_ready:
+            self.create_schema()
+        with self.engine.begin() as conn:
+            for statement, params in batch:
+                conn.execute(statement, params)
+
+    def _write_one_by_one(self, n: int) -> None:
+        """Write the first ``n`` queued statements separately, dequeuing each once it is settled; a statement
+        the database rejects is logged and dropped. Connection errors propagate (and are retried)."""
+        for _ in range(n):
+            statement, params = self._pending[0]
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(statement, params)
+            except _REJECTED as exc:
+                self.rejected_writes += 1
+                log.error("store dropped a rejected %s write (%s)", getattr(statement, "table", "?"), type(exc).__name__)
+            self._pending.popleft()
+
+    async def _writer(self) -> None:
+        backoff = 0.1
+        while True:
+            if not self._pending:
+                self._idle.set()
+                if self._closed:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [self._pending[i] for i in range(min(self.batch_size, len(self._pending)))]
+            try:
+                try:
+                    await asyncio.to_thread(self._write_batch, batch)
+                except _REJECTED as exc:
+                    # A statement the database rejects will never succeed: write one by one, skip that one.
+                    log.error("store batch rejected (%s); writing statements one by one", type(exc).__name__)
+                    await asyncio.to_thread(self._write_one_by_one, len(batch))
+                    continue
+            except SQLAlchemyError as exc:
+                # Keep the batch queued and retry: nothing accepted is dropped while the database is down.
+                self.write_failures += 1
+                log.warning("store write failed (%s); %d writes queued, retrying", type(exc).__name__, len(self._pending))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+                continue
+            backoff = 0.1
+            for _ in batch:
+                self._pending.popleft()

@@ -1,0 +1,110 @@
+"""``make demo``: start switchboard on embedded defaults, play a scripted patient-support chat through the
+real websocket protocol, print the live events as the agent desktop would see them, and shut down.
+
+    python -m serve.demo                       # start, play, stop
+    python -m serve.demo --connect ws://...    # play against a running server (make serve)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from .client import SessionClient
+
+SCRIPT: list[tuple[str, str]] = [
+    ("customer", "Hi, I just got a statement for $480 and I don't understand half of these charges."),
+    (
+        "customer",
+        "My name is Maria Gonzalez, you can email me at maria.gonzalez@example.com or call (415) 555-0132. "
+        "My member ID is XJH448291023.",
+    ),
+    ("agent", "Thanks Maria, I can see the statement. Let me look into the charges with you."),
+    ("customer", "I already paid with my card 4111 1111 1111 1111 and I was charged twice for the same visit!"),
+    ("customer", "This is the third time I'm calling about this and nobody calls back. It's ridiculous."),
+    ("customer", "I want to speak to a supervisor right now."),
+    ("customer", "Also, how do I get a copy of my medical records sent to my new doctor?"),
+]
+
+_COLOR = sys.stdout.isatty()
+
+
+def _c(code: str, text: str) -> str:
+    return f"\033[{code}m{text}\033[0m" if _COLOR else text
+
+
+def render(event: dict) -> str:
+    t = event["type"]
+    if t == "session.started":
+        return _c("1", f"● session {event['session_id']} started (tenant {event['tenant']}, {event['channel']})")
+    if t == "transcript.final":
+        return f"  {_c('1', event['speaker'].upper()):>10}: {event['text']}"
+    if t == "redaction":
+        kinds = ", ".join(sorted({e["type"] for e in event["entities"]}))
+        flags = f"  flags: {', '.join(event['flags'])}" if event.get("flags") else ""
+        return _c("35", f"      redacted: {kinds or '-'}{flags}")
+    if t == "sentiment":
+        color = {"negative": "31", "neutral": "37", "positive": "32"}[event["label"]]
+        return _c(color, f"      sentiment: {event['label']} ({event['score']:+.2f}, {event['model']})")
+    if t == "intent":
+        ents = ", ".join(f"{e['type']}={e['value']}" for e in event.get("entities", []))
+        guess = f" (best guess {event['predicted']})" if event.get("predicted") else ""
+        return _c("36", f"      intent: {event['intent']} {event['confidence']:.2f}{guess}" + (f"  [{ents}]" if ents else ""))
+    if t == "assist.suggestion":
+        arts = "; ".join(f"{a['title']} ({a['score']:.2f})" for a in event["articles"])
+        return _c("34", f"      suggest ({event['latency_ms']:.0f} ms): {event['text']}\n        articles: {arts}")
+    if t == "escalation":
+        return _c("1;31", f"   ⚠ ESCALATION → {event['queue']} [{event['priority']}]: {event['reason']}")
+    if t == "error":
+        return _c("33", f"   ! error {event['code']}: {event['message']}")
+    if t == "session.ended":
+        return _c("1", f"● session ended: {event.get('summary')}")
+    return str(event)
+
+
+async def play(url: str, token: str) -> int:
+    async with SessionClient(url, token) as client:
+        print(render(await client.start(channel="chat", customer_id="demo-customer-17")))
+        last_suggestion = None
+        for speaker, text in SCRIPT:
+            until = "transcript.final" if speaker == "agent" else "assist.suggestion"
+            for event in await client.say(text, speaker=speaker, until=until):
+                print(render(event))
+                if event["type"] == "assist.suggestion":
+                    last_suggestion = event["suggestion_id"]
+            for event in await client.drain(0.3):  # escalations follow the suggestion
+                print(render(event))
+        if last_suggestion:
+            await client.send({"type": "suggestion.feedback", "suggestion_id": last_suggestion, "action": "accepted"})
+        for event in await client.end():
+            print(render(event))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serve.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--connect", metavar="WS_URL", help="use a running server instead of starting one")
+    parser.add_argument("--token", help="bearer token (default: .switchboard/dev-token)")
+    args = parser.parse_args(argv)
+    if args.connect:
+        token = args.token or Path(".switchboard/dev-token").read_text().strip()
+        return asyncio.run(play(args.connect, token))
+
+    import os
+
+    os.environ.setdefault("SWITCHBOARD_RAY_LOG_TO_DRIVER", "0")  # keep the demo output readable
+    from .run import launch, shutdown
+
+    try:
+        running = launch(dashboard=False)
+        print(f"\nswitchboard is up at {running.ws_url} — playing a scripted chat\n", flush=True)
+        return asyncio.run(play(running.ws_url, running.token))
+    finally:
+        print("\nshutting down...", flush=True)
+        shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""One Ray Serve deployment per model. Each is a thin shim: build the engine with the same builder the
+in-process path uses, and batch calls across sessions with ``@serve.batch``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from pipelines.backends import build_embedder, build_guardrail, build_intent, build_retriever, build_sentiment
+from pipelines.config import Settings
+
+__all__ = ["Guardrail", "Sentiment", "Embedder", "IntentClassifier", "KnowledgeBase"]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+_BATCH = dict(max_batch_size=32, batch_wait_timeout_s=0.002)
+
+
+class _ModelDeployment:
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = Settings(**settings)
+
+    async def ready(self) -> str:
+        return type(self).__name__
+
+
+@serve.deployment(name="guardrail", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.2})
+class Guardrail(_ModelDeployment):
+    """PII redaction (Presidio + spaCy NER + checksum-validated patterns) and the content filter."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
+        self.model = build_guardrail(self.settings)
+
+    @serve.batch(**_BATCH)
+    async def redact(self, texts: list[str]) -> list[Any]:
+        return await asyncio.to_thread(self.model.redact_batch, texts)
+
+
+@serve.deployment(name="sentiment", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.1})
+class Sentiment(_ModelDeployment):
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
+        self.model = build_sentiment(self.settings)
+
+    @serve.batch(**_BATCH)
+    async def score(self, texts: list[str]) -> list[Any]:
+        return await asyncio.to_thread(self.model.score_batch, texts)
+
+
+@serve.deployment(name="embedder", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.3})
+class Embedder(_ModelDeployment):
+    """all-MiniLM-L6-v2 sentence embeddings (384-d, normalised)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
+        self.model = build_embedder(self.settings)
+
+    @serve.batch(**_BATCH)
+    async def embed(self, texts: list[str]) -> list[np.ndarray]:
+        vectors = await asyncio.to_thread(self.model.embed_batch, texts)
+        return list(vectors)
+
+
+@serve.deployment(name="intent", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.1})
+class IntentClassifier(_ModelDeployment):
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
+        self.model = build_intent(self.settings)
+
+    async def predict(self, text: str, vector: np.ndarray) -> Any:
+        return await self._predict((text, vector))
+
+    @serve.batch(**_BATCH)
+    async def _predict(self, items: list[tuple[str, np.ndarray]]) -> list[Any]:
+        texts = [t for t, _ in items]
+        vectors = np.stack([v for _, v in items])
+        return self.model.predict_batch(texts, vectors)
+
+
+@serve.deployment(name="knowledge_base", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.1})
+class KnowledgeBase(_ModelDeployment):
+    """FAISS search over the embedded knowledge base."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
+        self.model = build_retriever(self.settings)
+
+    async def search(self, vector: np.ndarray, k: int) -> list[Any]:
+        return await self._search((vector, k))
+
+    @serve.batch(**_BATCH)
+    async def _search(self, items: list[tuple[np.ndarray, int]]) -> list[Any]:
+        k = max(k for _, k in items)
+        hits = self.model.search_batch(np.stack([v for v, _ in items]), k)
+        return [h[:k_i] for h, (_, k_i) in zip(hits, items, strict=True)]

@@ -1,0 +1,191 @@
+"""Run switchboard on a local Ray: ``python -m serve.run`` (what ``make serve`` does).
+
+Resolves settings and the dev token, builds the knowledge-base index if needed, starts a local Ray with
+Serve, deploys the Serve config file (``cluster/serve-local.yaml`` by default), waits until ``/healthz``
+is green, prints how to connect, and stays in the foreground until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.config import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO / "cluster" / "serve-local.yaml"
+
+__all__ = ["Running", "launch", "shutdown", "main"]
+
+
+@dataclass(frozen=True)
+class Running:
+    http_url: str
+    ws_url: str
+    token: str
+    settings: Settings
+
+
+def _say(msg: str) -> None:
+    print(f"[switchboard] {msg}", file=sys.stderr, flush=True)
+
+
+def _prepare(config_path: Path, overrides: dict[str, Any], port: int | None) -> tuple[dict, Settings, str]:
+    from pipelines.indexing import build_index
+
+    from .auth import resolve_dev_token
+
+    config = copy.deepcopy(yaml.safe_load(config_path.read_text()))
+    app = config["applications"][0]
+    merged = {**(app.get("args") or {}).get("settings", {}), **overrides}
+    settings = Settings(**merged)
+    # Replicas may start in another working directory: pin every local path.
+    absolute = {"data_dir": Path(settings.data_dir).resolve()}
+    if settings.index_dir:
+        absolute["index_dir"] = Path(settings.index_dir).resolve()
+    settings = settings.model_copy(update=absolute)
+    token = resolve_dev_token(settings)
+    settings = settings.model_copy(update={"dev_token": token})
+    build_index(settings)
+    if port is not None:
+        config.setdefault("http_options", {})["port"] = port
+    settings = settings.model_copy(update={"port": config.get("http_options", {}).get("port", settings.port)})
+    app["args"] = {"settings": {k: v for k, v in settings.model_dump(mode="json").items() if v is not None}}
+    return config, settings, token
+
+
+def _wait_healthy(url: str, timeout_s: float) -> None:
+    import httpx
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{url}/healthz", timeout=10)
+            if r.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        try:
+            status = serve.status().applications.get("switchboard")
+            if status is not None:
+                line = ", ".join(f"{n}={d.status.value}" for n, d in sorted(status.deployments.items()))
+                if status.status.value == "DEPLOY_FAILED":
+                    raise RuntimeError(f"deployment failed: {status.message}")
+                if line != last:
+                    _say(f"starting deployments: {line}")
+                    last = line
+        except RuntimeError:
+            raise
+        except Exception:  # status polling is best-effort progress reporting
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"switchboard did not become healthy within {timeout_s:.0f}s; see `serve status` and Ray logs")
+
+
+def launch(
+    config_path: Path = DEFAULT_CONFIG,
+    *,
+    settings: dict[str, Any] | None = None,
+    port: int | None = None,
+    dashboard: bool = True,
+    timeout_s: float = 600.0,
+) -> Running:
+    """Start local Ray + Serve with the config file and wait until healthy."""
+    import ray
+    from ray.serve._private import api as serve_api
+    from ray.serve.config import gRPCOptions
+    from ray.serve.schema import ServeDeploySchema
+
+    config, resolved, token = _prepare(Path(config_path), settings or {}, port)
+    schema = ServeDeploySchema.model_validate(config)
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    if not ray.is_initialized():
+        _say("starting Ray (local)")
+        ray.init(
+            namespace="serve",
+            include_dashboard=dashboard,
+            configure_logging=False,
+            log_to_driver=os.environ.get("SWITCHBOARD_RAY_LOG_TO_DRIVER", "1") == "1",
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
+        )
+    client = serve_api.serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
+    )
+    client.deploy_apps(schema, _blocking=False)
+    host = schema.http_options.host
+    http_url = f"http://{host}:{schema.http_options.port}"
+    _say(f"deploying {config_path.name if isinstance(config_path, Path) else config_path} (first start loads models, ~1 min)")
+    _wait_healthy(http_url, timeout_s)
+    return Running(
+        http_url=http_url,
+        ws_url=f"ws://{host}:{schema.http_options.port}/v1/sessions",
+        token=token,
+        settings=resolved,
+    )
+
+
+def shutdown() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serve.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="Serve config file (default: %(default)s)")
+    parser.add_argument("--port", type=int, help="override the HTTP port in the config")
+    parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    args = parser.parse_args(argv)
+    try:
+        running = launch(args.config, port=args.port, dashboard=not args.no_dashboard)
+    except (FileNotFoundError, TimeoutError, RuntimeError, ValueError) as exc:
+        _say(f"could not start: {exc}")
+        shutdown()
+        return 1
+    token_file = Path(running.settings.data_dir) / "dev-token"
+    print(
+        "\nswitchboard is up\n"
+        f"  websocket : {running.ws_url}\n"
+        f"  health    : {running.http_url}/healthz\n"
+        f"  dev token : {running.token}   (also in {token_file})\n"
+        f"  try       : python -m serve.demo --connect {running.ws_url}\n"
+        + ("  dashboard : http://127.0.0.1:8265  (Ray dashboard: deployments, replicas, logs)\n" if not args.no_dashboard else "")
+        + "Ctrl-C stops it.",
+        flush=True,
+    )
+    stop = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    _say("shutting down")
+    shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
