@@ -1,6 +1,7 @@
-"""The session pipeline (plain asyncio over typed events) and the offline pipelines. Never imports Ray."""
+"""The session pipeline (plain asyncio over typed events) and the offline pipelines. Never imports Ray.
 
-from .config import Settings
-from .session import Pipeline, SessionState
+Modules: ``events`` (wire vocabulary), ``session`` (the pipeline), ``stages`` (one per agent), ``storage``,
+``indexing`` (KB index build), ``config`` (settings), ``errors`` (stable error codes).
+"""
 
-__all__ = ["Settings", "Pipeline", "SessionState"]
+__all__ = ["config", "errors", "events", "indexing", "session", "stages", "storage"]

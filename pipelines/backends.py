@@ -21,9 +21,9 @@ from .indexing import INTENT_FILE
 from .ports import ModelPorts
 
 if TYPE_CHECKING:
-    from models.text.pii import PiiDetector, RedactionResult
-
     from models.retrieval.embedder import MiniLMEmbedder
+    from models.text.pii import PiiDetector
+    from models.text.redaction import RedactionResult
 
 __all__ = [
     "build_guardrail",
@@ -96,8 +96,8 @@ class LocalIntent(_Local):
 
 
 class LocalRetriever(_Local):
-    async def search(self, vector: np.ndarray, k: int) -> list[Hit]:
-        return (await self._call(self.model.search_batch, np.atleast_2d(vector), k))[0]
+    async def search(self, vector: np.ndarray, k: int, prefer: str | None = None) -> list[Hit]:
+        return (await self._call(self.model.search_batch, np.atleast_2d(vector), k, [prefer]))[0]
 
 
 def local_ports(settings: Settings) -> ModelPorts:

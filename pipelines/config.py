@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="HTTP/websocket bind address.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP/websocket port.")
     max_message_bytes: int = Field(
-        default=65536, ge=1024, description="Largest accepted text frame; larger ones get `message_too_large`."
+        default=65536,
+        ge=1024,
+        description="Largest accepted text frame; larger ones get `message_too_large`.",
     )
     kb_path: Path = Field(
         default=PACKAGE_DIR / "kb" / "articles.yaml", description="Knowledge-base articles (YAML)."
@@ -46,14 +48,15 @@ class Settings(BaseSettings):
     intents_path: Path = Field(
         default=PACKAGE_DIR / "kb" / "intents.yaml", description="Labelled intent examples (YAML)."
     )
-    index_dir: Path | None = Field(
-        default=None, description="FAISS index folder. Unset: `<data_dir>/index`."
-    )
+    index_dir: Path | None = Field(default=None, description="FAISS index folder. Unset: `<data_dir>/index`.")
     escalation_rules: Path = Field(
         default=PACKAGE_DIR / "escalation_rules.yaml", description="Escalation rule file (YAML)."
     )
     intent_threshold: float = Field(
-        default=0.6, ge=0.0, le=1.0, description="Planner confidence below which the turn goes to `human_agent`."
+        default=0.6,
+        ge=0.0,
+        le=1.0,
+        description="Planner confidence below which the turn goes to `human_agent`.",
     )
     assist_top_k: int = Field(default=3, ge=1, le=20, description="Articles per suggestion.")
     stage_timeout_s: float = Field(

@@ -187,7 +187,9 @@ class Intent(_Event):
     intent: str
     confidence: float = Field(ge=0.0, le=1.0)
     entities: list[Entity] = Field(default_factory=list)
-    predicted: str | None = Field(default=None, description="best raw guess when confidence fell below threshold")
+    predicted: str | None = Field(
+        default=None, description="best raw guess when confidence fell below threshold"
+    )
     model: str = "rules"
 
 

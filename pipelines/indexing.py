@@ -55,12 +55,14 @@ def _chunks(article: dict) -> list[str]:
     """Title + one paragraph per chunk, so long articles stay inside the encoder's 256-token window."""
     head = f"{article['title']}. {' '.join(str(t) for t in article.get('tags', []))}".strip()
     paragraphs = [p.strip() for p in article["body"].split("\n\n") if p.strip()] or [article["body"]]
-    return [f"{head}\n{p}" for p in paragraphs] + ([f"{head}\n{article['reply']}"] if article.get("reply") else [])
+    return [f"{head}\n{p}" for p in paragraphs] + (
+        [f"{head}\n{article['reply']}"] if article.get("reply") else []
+    )
 
 
 def fingerprint(settings: Settings, model_name: str) -> str:
     return content_hash(
-        Path(settings.kb_path).read_text(), Path(settings.intents_path).read_text(), model_name, "chunks-v1"
+        Path(settings.kb_path).read_text(), Path(settings.intents_path).read_text(), model_name, "chunks-v2"
     )
 
 
@@ -81,7 +83,14 @@ def build_index(settings: Settings, *, force: bool = False, embedder: MiniLMEmbe
     for article in articles:
         for chunk in _chunks(article):
             texts.append(chunk)
-            meta.append({"id": article["id"], "title": article["title"], "reply": article.get("reply", "")})
+            meta.append(
+                {
+                    "id": article["id"],
+                    "title": article["title"],
+                    "category": article.get("category", "general"),
+                    "reply": article.get("reply", ""),
+                }
+            )
 
     vectors = []
     with tqdm(total=len(texts), desc="embedding KB chunks", unit="chunk", file=sys.stderr) as bar:
@@ -114,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="embed the KB articles and intent examples (cached by fingerprint)")
     build.add_argument("--force", action="store_true", help="rebuild even if the index is up to date")
-    build.add_argument("--index-dir", type=Path, help="where to write the index (default: SWITCHBOARD_INDEX_DIR)")
+    build.add_argument(
+        "--index-dir", type=Path, help="where to write the index (default: SWITCHBOARD_INDEX_DIR)"
+    )
     args = parser.parse_args(argv)
     settings = Settings()
     if args.index_dir:
@@ -122,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build_index(settings, force=args.force)
     except (FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"error: {exc}\nCheck SWITCHBOARD_KB_PATH / SWITCHBOARD_INTENTS_PATH and the YAML format.", file=sys.stderr)
+        print(
+            f"error: {exc}\nCheck SWITCHBOARD_KB_PATH / SWITCHBOARD_INTENTS_PATH and the YAML format.",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import numpy as np
-    from models.text.pii import RedactionResult
 
     from models.retrieval.index import Hit
     from models.text.intent import IntentPrediction
+    from models.text.redaction import RedactionResult
     from models.text.sentiment import SentimentScore
 
 __all__ = ["GuardrailPort", "SentimentPort", "EmbedderPort", "IntentPort", "RetrieverPort", "ModelPorts"]
@@ -36,7 +36,7 @@ class IntentPort(Protocol):
 
 
 class RetrieverPort(Protocol):
-    async def search(self, vector: np.ndarray, k: int) -> list[Hit]: ...
+    async def search(self, vector: np.ndarray, k: int, prefer: str | None = None) -> list[Hit]: ...
 
 
 class ModelPorts:

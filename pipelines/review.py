@@ -42,7 +42,9 @@ class ReviewQueue:
 
     async def hold(self, state: SessionState, utterance_id: str, raw_text: str, reason: str) -> None:
         nonce = os.urandom(12)
-        ciphertext = self._aead.encrypt(nonce, raw_text.encode(), self._aad(state.tenant, state.session_id, utterance_id))
+        ciphertext = self._aead.encrypt(
+            nonce, raw_text.encode(), self._aad(state.tenant, state.session_id, utterance_id)
+        )
         self.store.add_review_item(
             session_id=state.session_id,
             tenant=state.tenant,
@@ -52,6 +54,8 @@ class ReviewQueue:
             ciphertext=ciphertext,
         )
 
-    def decrypt(self, *, tenant: str, session_id: str, utterance_id: str, nonce: bytes, ciphertext: bytes) -> str:
+    def decrypt(
+        self, *, tenant: str, session_id: str, utterance_id: str, nonce: bytes, ciphertext: bytes
+    ) -> str:
         """For the (authorised) reviewer tool."""
         return self._aead.decrypt(nonce, ciphertext, self._aad(tenant, session_id, utterance_id)).decode()

@@ -68,14 +68,18 @@ class SessionState:
 
 
 class Pipeline:
-    def __init__(self, ports: ModelPorts, store: SessionStore, review: ReviewQueue, settings: Settings) -> None:
+    def __init__(
+        self, ports: ModelPorts, store: SessionStore, review: ReviewQueue, settings: Settings
+    ) -> None:
         self.settings = settings
         self.store = store
         self.ports = ports
         t = settings.stage_timeout_s
         self.guardrail = GuardrailStage(ports.guardrail, review, timeout_s=t)
         self.sentiment = SentimentStage(ports.sentiment, timeout_s=t)
-        self.planner = PlannerStage(ports.embedder, ports.intent, threshold=settings.intent_threshold, timeout_s=t)
+        self.planner = PlannerStage(
+            ports.embedder, ports.intent, threshold=settings.intent_threshold, timeout_s=t
+        )
         self.assist = AssistStage(ports.embedder, ports.retriever, top_k=settings.assist_top_k, timeout_s=t)
         self.escalation = EscalationStage(EscalationRules.load(settings.escalation_rules), timeout_s=t)
 
@@ -112,7 +116,9 @@ class Pipeline:
         self._record(state, started)
         return state, started
 
-    async def end_session(self, state: SessionState, emit: Emit | None, *, status: str = "ended") -> SessionEnded:
+    async def end_session(
+        self, state: SessionState, emit: Emit | None, *, status: str = "ended"
+    ) -> SessionEnded:
         state.ended = True
         summary = {
             "turns": state.turns,
@@ -210,11 +216,18 @@ class Pipeline:
 
     async def handle_feedback(self, state: SessionState, fb: SuggestionFeedback, emit: Emit) -> None:
         if fb.suggestion_id not in state.suggestions:
-            raise ProtocolError(f"suggestion {fb.suggestion_id} was not sent in this session", code="unknown_suggestion")
+            raise ProtocolError(
+                f"suggestion {fb.suggestion_id} was not sent in this session", code="unknown_suggestion"
+            )
         record = fb.model_dump(mode="json", exclude_none=True)
         if fb.final_text:
             # The agent's edited text is stored too, so it passes the guardrail like any other text.
-            turn = Turn(utterance_id=new_id("fbk"), speaker="agent", received_at=time.perf_counter(), raw_text=fb.final_text)
+            turn = Turn(
+                utterance_id=new_id("fbk"),
+                speaker="agent",
+                received_at=time.perf_counter(),
+                raw_text=fb.final_text,
+            )
             try:
                 await self.guardrail.run(turn, state)
             except SwitchboardError as exc:

@@ -36,7 +36,16 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError, SQLAlchemyError
 
-__all__ = ["SessionStore", "SessionRow", "metadata", "sessions", "utterances", "events", "escalations", "review_items"]
+__all__ = [
+    "SessionStore",
+    "SessionRow",
+    "metadata",
+    "sessions",
+    "utterances",
+    "events",
+    "escalations",
+    "review_items",
+]
 
 log = logging.getLogger("switchboard.storage")
 
@@ -175,7 +184,9 @@ class SessionStore:
         try:
             await asyncio.to_thread(self.create_schema)
         except SQLAlchemyError as exc:
-            log.warning("database unavailable at start (%s); writes will queue until it is back", type(exc).__name__)
+            log.warning(
+                "database unavailable at start (%s); writes will queue until it is back", type(exc).__name__
+            )
         if self._task is None:
             self._task = asyncio.create_task(self._writer(), name="switchboard-store-writer")
 
@@ -275,7 +286,15 @@ class SessionStore:
         )
 
     def add_escalation(
-        self, *, session_id: str, tenant: str, utterance_id: str, rule: str | None, reason: str, queue: str, priority: str
+        self,
+        *,
+        session_id: str,
+        tenant: str,
+        utterance_id: str,
+        rule: str | None,
+        reason: str,
+        queue: str,
+        priority: str,
     ) -> None:
         self._enqueue(
             insert(escalations),
@@ -400,7 +419,11 @@ class SessionStore:
                     conn.execute(statement, params)
             except _REJECTED as exc:
                 self.rejected_writes += 1
-                log.error("store dropped a rejected %s write (%s)", getattr(statement, "table", "?"), type(exc).__name__)
+                log.error(
+                    "store dropped a rejected %s write (%s)",
+                    getattr(statement, "table", "?"),
+                    type(exc).__name__,
+                )
             self._pending.popleft()
 
     async def _writer(self) -> None:
@@ -425,7 +448,11 @@ class SessionStore:
             except SQLAlchemyError as exc:
                 # Keep the batch queued and retry: nothing accepted is dropped while the database is down.
                 self.write_failures += 1
-                log.warning("store write failed (%s); %d writes queued, retrying", type(exc).__name__, len(self._pending))
+                log.warning(
+                    "store write failed (%s); %d writes queued, retrying",
+                    type(exc).__name__,
+                    len(self._pending),
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue

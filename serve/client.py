@@ -34,29 +34,33 @@ class SessionClient:
     async def send(self, event: dict[str, Any] | str | bytes) -> None:
         await self.ws.send(event if isinstance(event, str | bytes) else json.dumps(event))
 
-    async def recv(self, timeout: float = 30.0) -> dict[str, Any]:
-        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+    async def recv(self, wait_s: float = 30.0) -> dict[str, Any]:
+        return json.loads(await asyncio.wait_for(self.ws.recv(), wait_s))
 
-    async def recv_until(self, type_: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+    async def recv_until(self, type_: str, wait_s: float = 30.0) -> list[dict[str, Any]]:
         """Every event up to and including the first of ``type_`` (or an ``error``)."""
         events = []
         while True:
-            event = await self.recv(timeout)
+            event = await self.recv(wait_s)
             events.append(event)
             if event["type"] in (type_, "error"):
                 return events
 
-    async def start(self, channel: str = "chat", customer_id: str = "cust-0001", **extra: Any) -> dict[str, Any]:
+    async def start(
+        self, channel: str = "chat", customer_id: str = "cust-0001", **extra: Any
+    ) -> dict[str, Any]:
         await self.send({"type": "session.start", "channel": channel, "customer_id": customer_id, **extra})
         started = await self.recv()
         if started["type"] == "session.started":
             self.session_id = started["session_id"]
         return started
 
-    async def say(self, text: str, *, until: str = "assist.suggestion", timeout: float = 30.0, **extra: Any) -> list[dict]:
+    async def say(
+        self, text: str, *, until: str = "assist.suggestion", wait_s: float = 30.0, **extra: Any
+    ) -> list[dict]:
         """Send a chat message and collect its events up to ``until`` (the suggestion by default)."""
         await self.send({"type": "chat.message", "text": text, **extra})
-        return await self.recv_until(until, timeout)
+        return await self.recv_until(until, wait_s)
 
     async def drain(self, quiet_s: float = 0.5) -> list[dict[str, Any]]:
         """Events that arrive until the connection is quiet for ``quiet_s``."""
@@ -64,9 +68,9 @@ class SessionClient:
         while True:
             try:
                 events.append(await self.recv(quiet_s))
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 return events
 
-    async def end(self, timeout: float = 30.0) -> list[dict[str, Any]]:
+    async def end(self, wait_s: float = 30.0) -> list[dict[str, Any]]:
         await self.send({"type": "session.end"})
-        return await self.recv_until("session.ended", timeout)
+        return await self.recv_until("session.ended", wait_s)

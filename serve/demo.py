@@ -22,7 +22,10 @@ SCRIPT: list[tuple[str, str]] = [
         "My member ID is XJH448291023.",
     ),
     ("agent", "Thanks Maria, I can see the statement. Let me look into the charges with you."),
-    ("customer", "I already paid with my card 4111 1111 1111 1111 and I was charged twice for the same visit!"),
+    (
+        "customer",
+        "I already paid with my card 4111 1111 1111 1111 and I was charged twice for the same visit!",
+    ),
     ("customer", "This is the third time I'm calling about this and nobody calls back. It's ridiculous."),
     ("customer", "I want to speak to a supervisor right now."),
     ("customer", "Also, how do I get a copy of my medical records sent to my new doctor?"),
@@ -38,7 +41,9 @@ def _c(code: str, text: str) -> str:
 def render(event: dict) -> str:
     t = event["type"]
     if t == "session.started":
-        return _c("1", f"● session {event['session_id']} started (tenant {event['tenant']}, {event['channel']})")
+        return _c(
+            "1", f"● session {event['session_id']} started (tenant {event['tenant']}, {event['channel']})"
+        )
     if t == "transcript.final":
         return f"  {_c('1', event['speaker'].upper()):>10}: {event['text']}"
     if t == "redaction":
@@ -51,10 +56,16 @@ def render(event: dict) -> str:
     if t == "intent":
         ents = ", ".join(f"{e['type']}={e['value']}" for e in event.get("entities", []))
         guess = f" (best guess {event['predicted']})" if event.get("predicted") else ""
-        return _c("36", f"      intent: {event['intent']} {event['confidence']:.2f}{guess}" + (f"  [{ents}]" if ents else ""))
+        return _c(
+            "36",
+            f"      intent: {event['intent']} {event['confidence']:.2f}{guess}"
+            + (f"  [{ents}]" if ents else ""),
+        )
     if t == "assist.suggestion":
         arts = "; ".join(f"{a['title']} ({a['score']:.2f})" for a in event["articles"])
-        return _c("34", f"      suggest ({event['latency_ms']:.0f} ms): {event['text']}\n        articles: {arts}")
+        return _c(
+            "34", f"      suggest ({event['latency_ms']:.0f} ms): {event['text']}\n        articles: {arts}"
+        )
     if t == "escalation":
         return _c("1;31", f"   ⚠ ESCALATION → {event['queue']} [{event['priority']}]: {event['reason']}")
     if t == "error":
@@ -77,7 +88,9 @@ async def play(url: str, token: str) -> int:
             for event in await client.drain(0.3):  # escalations follow the suggestion
                 print(render(event))
         if last_suggestion:
-            await client.send({"type": "suggestion.feedback", "suggestion_id": last_suggestion, "action": "accepted"})
+            await client.send(
+                {"type": "suggestion.feedback", "suggestion_id": last_suggestion, "action": "accepted"}
+            )
         for event in await client.end():
             print(render(event))
     return 0

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from models.text.redaction import PiiDetectionError, RedactionResult
 from pipelines.backends import build_embedder, build_guardrail, build_intent, build_retriever, build_sentiment
 from pipelines.config import Settings
 
@@ -36,10 +37,30 @@ class Guardrail(_ModelDeployment):
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
         self.model = build_guardrail(self.settings)
+        self.model.redact_batch(["warm-up: Jane Doe, jane@example.com, 415-555-0100"])  # first call is slow
+
+    async def redact(self, text: str) -> RedactionResult:
+        result = await self._redact(text)
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     @serve.batch(**_BATCH)
-    async def redact(self, texts: list[str]) -> list[Any]:
-        return await asyncio.to_thread(self.model.redact_batch, texts)
+    async def _redact(self, texts: list[str]) -> list[RedactionResult | PiiDetectionError]:
+        try:
+            return await asyncio.to_thread(self.model.redact_batch, texts)
+        except PiiDetectionError:
+            # One bad text must not send every session's message in this batch to review: retry one by one.
+            return await asyncio.to_thread(self._one_by_one, texts)
+
+    def _one_by_one(self, texts: list[str]) -> list[RedactionResult | PiiDetectionError]:
+        results: list[RedactionResult | PiiDetectionError] = []
+        for text in texts:
+            try:
+                results.append(self.model.redact(text))
+            except PiiDetectionError as exc:
+                results.append(exc)
+        return results
 
 
 @serve.deployment(name="sentiment", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.1})
@@ -60,6 +81,7 @@ class Embedder(_ModelDeployment):
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
         self.model = build_embedder(self.settings)
+        self.model.embed_batch(["warm-up"])
 
     @serve.batch(**_BATCH)
     async def embed(self, texts: list[str]) -> list[np.ndarray]:
@@ -91,11 +113,11 @@ class KnowledgeBase(_ModelDeployment):
         super().__init__(settings)
         self.model = build_retriever(self.settings)
 
-    async def search(self, vector: np.ndarray, k: int) -> list[Any]:
-        return await self._search((vector, k))
+    async def search(self, vector: np.ndarray, k: int, prefer: str | None = None) -> list[Any]:
+        return await self._search((vector, k, prefer))
 
     @serve.batch(**_BATCH)
-    async def _search(self, items: list[tuple[np.ndarray, int]]) -> list[Any]:
-        k = max(k for _, k in items)
-        hits = self.model.search_batch(np.stack([v for v, _ in items]), k)
-        return [h[:k_i] for h, (_, k_i) in zip(hits, items, strict=True)]
+    async def _search(self, items: list[tuple[np.ndarray, int, str | None]]) -> list[Any]:
+        k = max(k for _, k, _ in items)
+        hits = self.model.search_batch(np.stack([v for v, _, _ in items]), k, [p for _, _, p in items])
+        return [h[:k_i] for h, (_, k_i, _) in zip(hits, items, strict=True)]

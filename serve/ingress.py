@@ -32,18 +32,25 @@ __all__ = ["Ingress", "app"]
 
 log = logging.getLogger("switchboard.ingress")
 
-app = FastAPI(title="switchboard", version="0.1.0", description="Real-time contact-center assist (PROTOCOL v1)")
+app = FastAPI(
+    title="switchboard", version="0.1.0", description="Real-time contact-center assist (PROTOCOL v1)"
+)
 
 _POLICY_VIOLATION = 1008
 
 
 def _validation_message(exc: ValidationError) -> str:
     """Field locations and reasons only: pydantic's default message echoes input values, which may hold PII."""
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'event'}: {e['msg']}" for e in exc.errors(include_input=False)]
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or 'event'}: {e['msg']}"
+        for e in exc.errors(include_input=False)
+    ]
     return "invalid event: " + "; ".join(parts[:5])
 
 
-@serve.deployment(name="ingress", max_ongoing_requests=10000, max_queued_requests=-1, ray_actor_options={"num_cpus": 0.2})
+@serve.deployment(
+    name="ingress", max_ongoing_requests=10000, max_queued_requests=-1, ray_actor_options={"num_cpus": 0.2}
+)
 @serve.ingress(app)
 class Ingress:
     def __init__(
@@ -158,7 +165,9 @@ class Ingress:
                     if text is None:
                         size = len(data or b"")
                         if size > limit:
-                            raise ProtocolError(f"binary frame of {size} bytes exceeds {limit}", code="message_too_large")
+                            raise ProtocolError(
+                                f"binary frame of {size} bytes exceeds {limit}", code="message_too_large"
+                            )
                         if state is None:
                             raise ProtocolError("send session.start before audio", code="session_not_started")
                         raise ProtocolError(
@@ -173,9 +182,13 @@ class Ingress:
                     try:
                         raw = json.loads(text)
                     except json.JSONDecodeError as exc:
-                        raise ProtocolError(f"frame is not valid JSON ({exc.msg} at {exc.pos})", code="bad_json") from None
+                        raise ProtocolError(
+                            f"frame is not valid JSON ({exc.msg} at {exc.pos})", code="bad_json"
+                        ) from None
                     if not isinstance(raw, dict):
-                        raise ProtocolError("frame must be a JSON object with a `type` field", code="bad_json")
+                        raise ProtocolError(
+                            "frame must be a JSON object with a `type` field", code="bad_json"
+                        )
                     if raw.get("type") not in CLIENT_TYPES:
                         raise ProtocolError(
                             f"unknown event type {str(raw.get('type'))[:40]!r}; expected one of {', '.join(CLIENT_TYPES)}",
@@ -188,7 +201,9 @@ class Ingress:
 
                     if isinstance(event, SessionStart):
                         if state is not None:
-                            raise ProtocolError("this connection already has a session", code="session_already_started")
+                            raise ProtocolError(
+                                "this connection already has a session", code="session_already_started"
+                            )
                         if event.channel == "voice":
                             raise ProtocolError(
                                 "voice sessions are not enabled on this server yet; use channel chat, sms or email",

@@ -56,9 +56,16 @@ def _prepare(config_path: Path, overrides: dict[str, Any], port: int | None) -> 
     token = resolve_dev_token(settings)
     settings = settings.model_copy(update={"dev_token": token})
     build_index(settings)
+    http = config.setdefault("http_options", {})
+    # precedence: --port > SWITCHBOARD_HOST/PORT (or args) > the Serve config file
+    for name in ("host", "port"):
+        if name in settings.model_fields_set:
+            http[name] = getattr(settings, name)
     if port is not None:
-        config.setdefault("http_options", {})["port"] = port
-    settings = settings.model_copy(update={"port": config.get("http_options", {}).get("port", settings.port)})
+        http["port"] = port
+    settings = settings.model_copy(
+        update={"host": http.get("host", settings.host), "port": http.get("port", settings.port)}
+    )
     app["args"] = {"settings": {k: v for k, v in settings.model_dump(mode="json").items() if v is not None}}
     return config, settings, token
 
@@ -90,7 +97,9 @@ def _wait_healthy(url: str, timeout_s: float) -> None:
         except Exception:  # status polling is best-effort progress reporting
             pass
         time.sleep(1.0)
-    raise TimeoutError(f"switchboard did not become healthy within {timeout_s:.0f}s; see `serve status` and Ray logs")
+    raise TimeoutError(
+        f"switchboard did not become healthy within {timeout_s:.0f}s; see `serve status` and Ray logs"
+    )
 
 
 def launch(
@@ -127,7 +136,9 @@ def launch(
     client.deploy_apps(schema, _blocking=False)
     host = schema.http_options.host
     http_url = f"http://{host}:{schema.http_options.port}"
-    _say(f"deploying {config_path.name if isinstance(config_path, Path) else config_path} (first start loads models, ~1 min)")
+    _say(
+        f"deploying {config_path.name if isinstance(config_path, Path) else config_path} (first start loads models, ~1 min)"
+    )
     _wait_healthy(http_url, timeout_s)
     return Running(
         http_url=http_url,
@@ -149,7 +160,9 @@ def shutdown() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="Serve config file (default: %(default)s)")
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="Serve config file (default: %(default)s)"
+    )
     parser.add_argument("--port", type=int, help="override the HTTP port in the config")
     parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     args = parser.parse_args(argv)
@@ -166,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         f"  health    : {running.http_url}/healthz\n"
         f"  dev token : {running.token}   (also in {token_file})\n"
         f"  try       : python -m serve.demo --connect {running.ws_url}\n"
-        + ("  dashboard : http://127.0.0.1:8265  (Ray dashboard: deployments, replicas, logs)\n" if not args.no_dashboard else "")
+        + (
+            "  dashboard : http://127.0.0.1:8265  (Ray dashboard: deployments, replicas, logs)\n"
+            if not args.no_dashboard
+            else ""
+        )
         + "Ctrl-C stops it.",
         flush=True,
     )

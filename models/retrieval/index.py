@@ -44,6 +44,7 @@ class ArticleIndex:
         if len(meta) != vectors.shape[0]:
             raise ValueError("one metadata row per vector is required")
         self.meta = meta
+        self._by_id = {m["id"]: m for m in meta}
         self.fingerprint = fingerprint
         self.dim = int(vectors.shape[1])
         self._index = faiss.IndexFlatIP(self.dim)
@@ -52,23 +53,36 @@ class ArticleIndex:
     def __len__(self) -> int:
         return len(self.meta)
 
-    def search_batch(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+    def search_batch(
+        self, queries: np.ndarray, k: int, prefer: list[str | None] | None = None, boost: float = 0.08
+    ) -> list[list[Hit]]:
         """Top-k articles per query. Rows may be chunks of one article: an article counts once, at the score
-        of its best chunk."""
+        of its best chunk. ``prefer[i]`` names a category (the planner's intent) whose articles get ``boost``."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        scores, ids = self._index.search(queries, min(k * 4, len(self.meta)))
+        scores, ids = self._index.search(queries, min(max(k * 8, 24), len(self.meta)))
         results = []
-        for row_scores, row_ids in zip(scores, ids, strict=True):
-            hits: dict[str, Hit] = {}
+        for row, (row_scores, row_ids) in enumerate(zip(scores, ids, strict=True)):
+            category = prefer[row] if prefer else None
+            best: dict[str, float] = {}
             for s, i in zip(row_scores, row_ids, strict=True):
                 if i < 0:
                     continue
                 m = self.meta[i]
-                if m["id"] not in hits:
-                    hits[m["id"]] = Hit(id=m["id"], title=m["title"], score=round(float(s), 4), reply=m.get("reply", ""))
-                if len(hits) == k:
-                    break
-            results.append(list(hits.values()))
+                score = float(s) + (boost if category and m.get("category") == category else 0.0)
+                if score > best.get(m["id"], -1.0):
+                    best[m["id"]] = score
+            top = sorted(best.items(), key=lambda kv: kv[1], reverse=True)[:k]
+            results.append(
+                [
+                    Hit(
+                        id=a,
+                        title=self._by_id[a]["title"],
+                        score=round(s, 4),
+                        reply=self._by_id[a].get("reply", ""),
+                    )
+                    for a, s in top
+                ]
+            )
         return results
 
     def save(self, folder: Path) -> None:

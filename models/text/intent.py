@@ -9,7 +9,14 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["IntentPrediction", "IntentModel", "SimilarityIntentModel", "extract_entities", "rule_intent", "INTENTS"]
+__all__ = [
+    "IntentPrediction",
+    "IntentModel",
+    "SimilarityIntentModel",
+    "extract_entities",
+    "rule_intent",
+    "INTENTS",
+]
 
 INTENTS = (
     "billing",
@@ -109,7 +116,10 @@ class SimilarityIntentModel:
 # ---------------------------------------------------------------- entities (on redacted text only)
 
 _ENTITY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("amount", re.compile(r"\$\s?\d[\d,]*(?:\.\d{2})?|\b\d[\d,]*(?:\.\d{2})? (?:dollars|usd)\b", re.IGNORECASE)),
+    (
+        "amount",
+        re.compile(r"\$\s?\d[\d,]*(?:\.\d{2})?|\b\d[\d,]*(?:\.\d{2})? (?:dollars|usd)\b", re.IGNORECASE),
+    ),
     (
         "date",
         re.compile(
@@ -137,7 +147,12 @@ _ENTITY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         ),
     ),
     ("claim_ref", re.compile(r"\bclaim\s*(?:#|no\.?|number)?\s*([A-Z]{0,3}\d{5,12})\b", re.IGNORECASE)),
-    ("redacted", re.compile(r"\[(?:EMAIL|PHONE|CARD|SSN|BANK_ACCOUNT|ROUTING_NUMBER|ADDRESS|DOB|MRN|MEMBER_ID|PERSON)\]")),
+    (
+        "redacted",
+        re.compile(
+            r"\[(?:EMAIL|PHONE|CARD|SSN|BANK_ACCOUNT|ROUTING_NUMBER|ADDRESS|DOB|MRN|MEMBER_ID|PERSON)\]"
+        ),
+    ),
 )
 
 
@@ -161,4 +176,6 @@ def rule_intent(text: str) -> IntentPrediction:
     hits = [label for label, cue in _CUES.items() if cue.search(text)]
     if len(hits) == 1:
         return IntentPrediction(intent=hits[0], confidence=0.6, model="keywords")
-    return IntentPrediction(intent=hits[0] if hits else "other", confidence=0.3 if hits else 0.0, model="keywords")
+    return IntentPrediction(
+        intent=hits[0] if hits else "other", confidence=0.3 if hits else 0.0, model="keywords"
+    )

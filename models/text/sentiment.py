@@ -54,6 +54,7 @@ _DOMAIN_RULES: tuple[tuple[re.Pattern[str], float], ...] = tuple(
         (r"\b(never again|fed up|sick of|had enough)\b", -0.45),
         (r"\b(not happy|not ok(ay)?|not acceptable)\b", -0.35),
         (r"\b(lawyer|attorney|sue|lawsuit)\b", -0.3),
+        (r"\b(speak|talk) (to|with) (a|your|the) (supervisor|manager)\b", -0.3),
         (r"\b(that|this) (helps|helped|fixed it|worked)\b", 0.35),
         (r"\b(problem|issue) (is )?(solved|resolved|fixed)\b", 0.4),
         (r"\bthanks? (so much|a lot)|thank you so much\b", 0.25),

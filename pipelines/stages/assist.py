@@ -32,7 +32,9 @@ class AssistStage(Stage):
         self.top_k = top_k
         self._recent: OrderedDict[str, list[Hit]] = OrderedDict()  # intent -> last good hits
 
-    def _suggestion(self, turn: Turn, state: SessionState, hits: list[Hit], fallback: str | None = None) -> list:
+    def _suggestion(
+        self, turn: Turn, state: SessionState, hits: list[Hit], fallback: str | None = None
+    ) -> list:
         suggestion_id = new_id("sug")
         state.suggestions.add(suggestion_id)
         return [
@@ -50,7 +52,7 @@ class AssistStage(Stage):
     async def process(self, turn: Turn, state: SessionState) -> list:
         if turn.vector is None:
             turn.vector = await self.embedder.embed(turn.redacted)
-        hits = await self.retriever.search(turn.vector, self.top_k)
+        hits = await self.retriever.search(turn.vector, self.top_k, turn.intent)
         if hits:
             self._recent[turn.intent or "other"] = hits
             self._recent.move_to_end(turn.intent or "other")

@@ -60,7 +60,9 @@ class EscalationRules(BaseModel):
         try:
             return cls.model_validate(yaml.safe_load(Path(path).read_text()))
         except FileNotFoundError as exc:
-            raise FileNotFoundError(f"escalation rules file {path} not found (SWITCHBOARD_ESCALATION_RULES)") from exc
+            raise FileNotFoundError(
+                f"escalation rules file {path} not found (SWITCHBOARD_ESCALATION_RULES)"
+            ) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +106,20 @@ class EscalationStage(Stage):
         events = []
         for compiled in self._compiled:
             rule = compiled.rule
-            if (rule.name in state.fired_rules and not rule.repeat) or not self._matches(compiled, turn, state):
+            if (rule.name in state.fired_rules and not rule.repeat) or not self._matches(
+                compiled, turn, state
+            ):
                 continue
             state.fired_rules.add(rule.name)
             queue, note = self._route(rule.queue)
             reason = rule.reason if note is None else f"{rule.reason} (routed to {queue}: {note})"
             events.append(
                 Escalation(
-                    utterance_id=turn.utterance_id, reason=reason, queue=queue, priority=rule.priority, rule=rule.name
+                    utterance_id=turn.utterance_id,
+                    reason=reason,
+                    queue=queue,
+                    priority=rule.priority,
+                    rule=rule.name,
                 )
             )
         return events

@@ -47,7 +47,9 @@ class GuardrailStage(Stage):
     async def fallback(self, turn: Turn, state: SessionState, error: BaseException) -> list:
         raw, turn.raw_text = turn.raw_text, None
         if raw is not None:
-            await self.review.hold(state, turn.utterance_id, raw, reason=f"pii_detection:{type(error).__name__}")
+            await self.review.hold(
+                state, turn.utterance_id, raw, reason=f"pii_detection:{type(error).__name__}"
+            )
         raise PiiBlocked(
             "PII detection failed, so this message was not processed; it is held (encrypted) for manual review. "
             "You can resend it; nothing already accepted was lost.",

@@ -7,8 +7,8 @@ import re
 import pytest
 import sqlalchemy
 
-from pipelines.events import ChatMessage, SessionStart, SuggestionFeedback
 from pipelines.errors import ProtocolError
+from pipelines.events import ChatMessage, SessionStart, SuggestionFeedback
 from pipelines.ports import ModelPorts
 from pipelines.review import ReviewQueue, load_or_create_key
 from pipelines.session import Pipeline
@@ -64,7 +64,9 @@ async def test_customer_turn_yields_every_event_in_order(env):
     build, store, _ = env
     pipeline, rec = build(), Recorder()
     state = await start(pipeline, rec)
-    await pipeline.handle(state, ChatMessage(text="I was charged twice on my last bill, can I get a refund?"), rec)
+    await pipeline.handle(
+        state, ChatMessage(text="I was charged twice on my last bill, can I get a refund?"), rec
+    )
     types = [e["type"] for e in rec.events]
     assert types[:2] == ["session.started", "transcript.final"]
     assert types.index("sentiment") < types.index("assist.suggestion")
@@ -130,10 +132,16 @@ async def test_guardrail_failure_blocks_and_holds_encrypted_for_review(env):
         item = conn.execute(sqlalchemy.text("select * from review_items")).mappings().one()
         dump = " ".join(str(conn.execute(t.select()).fetchall()) for t in metadata.sorted_tables)
     assert "123-45-6789" not in dump
-    assert review.decrypt(
-        tenant="demo", session_id=state.session_id, utterance_id=item["utterance_id"],
-        nonce=item["nonce"], ciphertext=item["ciphertext"],
-    ) == raw
+    assert (
+        review.decrypt(
+            tenant="demo",
+            session_id=state.session_id,
+            utterance_id=item["utterance_id"],
+            nonce=item["nonce"],
+            ciphertext=item["ciphertext"],
+        )
+        == raw
+    )
 
 
 async def test_kb_search_failure_serves_cached_articles(env, local_models):
@@ -182,7 +190,9 @@ async def test_escalations_fire_and_are_stored(env):
     build, store, _ = env
     pipeline, rec = build(), Recorder()
     state = await start(pipeline, rec)
-    await pipeline.handle(state, ChatMessage(text="This is the third time I'm calling, it's ridiculous."), rec)
+    await pipeline.handle(
+        state, ChatMessage(text="This is the third time I'm calling, it's ridiculous."), rec
+    )
     await pipeline.handle(state, ChatMessage(text="Still waiting, nobody called back, unacceptable!"), rec)
     await pipeline.handle(state, ChatMessage(text="I'm going to call my lawyer."), rec)
     escalations = rec.of("escalation")
@@ -192,7 +202,10 @@ async def test_escalations_fire_and_are_stored(env):
     await store.flush()
     with store.engine.connect() as conn:
         rows = conn.execute(sqlalchemy.text("select rule, queue from escalations order by id")).fetchall()
-    assert [tuple(r) for r in rows] == [("sustained_negative_sentiment", "supervisor"), ("legal_threat", "supervisor")]
+    assert [tuple(r) for r in rows] == [
+        ("sustained_negative_sentiment", "supervisor"),
+        ("legal_threat", "supervisor"),
+    ]
 
 
 async def test_agent_turns_are_stored_but_not_analysed(env):
@@ -215,7 +228,9 @@ async def test_feedback_is_validated_redacted_and_stored(env):
     sid = rec.of("assist.suggestion")[0]["suggestion_id"]
     await pipeline.handle(
         state,
-        SuggestionFeedback(suggestion_id=sid, action="edited", final_text="Sure, I emailed j.doe@example.com a link"),
+        SuggestionFeedback(
+            suggestion_id=sid, action="edited", final_text="Sure, I emailed j.doe@example.com a link"
+        ),
         rec,
     )
     stored = await store.session_events("demo", state.session_id)
@@ -235,7 +250,9 @@ async def test_resume_continues_the_same_session_and_is_tenant_scoped(env):
     assert started.resumed and resumed.seq == state.seq + 1  # the resume's own session.started is logged
     assert resumed.suggestions == state.suggestions and resumed.turns == 1
     with pytest.raises(ProtocolError) as err:
-        await pipeline.start_session("other-tenant", SessionStart(channel="chat", customer_id="x", session_id=state.session_id))
+        await pipeline.start_session(
+            "other-tenant", SessionStart(channel="chat", customer_id="x", session_id=state.session_id)
+        )
     assert err.value.code == "session_not_found"
     await pipeline.handle(resumed, ChatMessage(text="back again"), rec)
     transcript = await store.transcript("demo", state.session_id)
@@ -247,6 +264,10 @@ async def test_resume_continues_the_same_session_and_is_tenant_scoped(env):
 async def _event_rows(store, session_id):
     await store.flush()
     with store.engine.connect() as conn:
-        return conn.execute(
-            sqlalchemy.text("select seq from events where session_id = :s order by id"), {"s": session_id}
-        ).mappings().all()
+        return (
+            conn.execute(
+                sqlalchemy.text("select seq from events where session_id = :s order by id"), {"s": session_id}
+            )
+            .mappings()
+            .all()
+        )

@@ -1,0 +1,55 @@
+"""A real local Ray Serve app for the integration tests, started once per test run, storing to a fresh
+real PostgreSQL database."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_session_database():
+    import uuid
+
+    import sqlalchemy
+
+    from tests.conftest import PG_ADMIN_URL
+
+    name = f"sb_it_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({exc}); start it (see .ci/run)")
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory, index_dir, pg_session_database):
+    """The real Serve application from cluster/serve-local.yaml, on a free port."""
+    from serve.run import launch, shutdown
+
+    data_dir = tmp_path_factory.mktemp("serve-data")
+    running = launch(
+        settings={
+            "data_dir": str(data_dir),
+            "index_dir": str(index_dir),
+            "database_url": pg_session_database,
+        },
+        port=_free_port(),
+        dashboard=False,
+        timeout_s=600,
+    )
+    yield running
+    shutdown()
