@@ -121,6 +121,7 @@ review_items = Table(
 
 
 _REJECTED = (IntegrityError, DataError, ProgrammingError)
+_INSERT = {t.name: insert(t) for t in (sessions, utterances, events, escalations, review_items)}
 
 
 def _now() -> datetime:
@@ -219,7 +220,7 @@ class SessionStore:
 
     def create_session(self, session_id: str, tenant: str, customer_id: str, channel: str) -> None:
         self._enqueue(
-            insert(sessions),
+            _INSERT["sessions"],
             dict(
                 id=session_id,
                 tenant=tenant,
@@ -256,7 +257,7 @@ class SessionStore:
         end_s: float | None = None,
     ) -> None:
         self._enqueue(
-            insert(utterances),
+            _INSERT["utterances"],
             dict(
                 id=utterance_id,
                 session_id=session_id,
@@ -273,7 +274,7 @@ class SessionStore:
 
     def add_event(self, *, session_id: str, tenant: str, seq: int, payload: dict[str, Any]) -> None:
         self._enqueue(
-            insert(events),
+            _INSERT["events"],
             dict(
                 session_id=session_id,
                 tenant=tenant,
@@ -297,7 +298,7 @@ class SessionStore:
         priority: str,
     ) -> None:
         self._enqueue(
-            insert(escalations),
+            _INSERT["escalations"],
             dict(
                 session_id=session_id,
                 tenant=tenant,
@@ -314,7 +315,7 @@ class SessionStore:
         self, *, session_id: str, tenant: str, utterance_id: str, reason: str, nonce: bytes, ciphertext: bytes
     ) -> None:
         self._enqueue(
-            insert(review_items),
+            _INSERT["review_items"],
             dict(
                 session_id=session_id,
                 tenant=tenant,
@@ -406,8 +407,16 @@ class SessionStore:
         if not self._schema_ready:
             self.create_schema()
         with self.engine.begin() as conn:
-            for statement, params in batch:
-                conn.execute(statement, params)
+            # consecutive inserts into one table go as one executemany; order across tables is kept
+            i = 0
+            while i < len(batch):
+                statement, params = batch[i]
+                j = i + 1
+                if statement.is_insert:
+                    while j < len(batch) and batch[j][0] is statement:
+                        j += 1
+                conn.execute(statement, params if j == i + 1 else [p for _, p in batch[i:j]])
+                i = j
 
     def _write_one_by_one(self, n: int) -> None:
         """Write the first ``n`` queued statements separately, dequeuing each once it is settled; a statement
