@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -67,6 +69,7 @@ async def run(
     opened = asyncio.Event()
     n_open = 0
     go = asyncio.Event()
+    rng = random.Random(7)
 
     def err(kind: str) -> None:
         errors[kind] = errors.get(kind, 0) + 1
@@ -86,6 +89,8 @@ async def run(
                 if n_open == sessions:
                     opened.set()
                 await go.wait()
+                if think_ms:
+                    await asyncio.sleep(rng.uniform(0, think_ms / 1000))  # do not start in lockstep
                 for m in range(messages):
                     text = MESSAGES[(i + m) % len(MESSAGES)]
                     t = time.perf_counter()
@@ -96,8 +101,8 @@ async def run(
                         server_latencies.append(last["latency_ms"])
                     else:
                         err(f"message:{last.get('code', last['type'])}")
-                    if think_ms:
-                        await asyncio.sleep(think_ms / 1000)
+                    if think_ms:  # exponential think time: arrivals look like independent customers
+                        await asyncio.sleep(rng.expovariate(1000.0 / think_ms))
                 await c.end(wait_s=120)
         except (
             Exception
@@ -167,7 +172,12 @@ def main() -> int:
     )
     parser.add_argument("--sessions", type=int, default=50, help="concurrent sessions (default %(default)s)")
     parser.add_argument("--messages", type=int, default=5, help="messages per session (default %(default)s)")
-    parser.add_argument("--think-ms", type=float, default=0.0, help="pause between a session's messages")
+    parser.add_argument(
+        "--think-ms",
+        type=float,
+        default=0.0,
+        help="mean pause between a session's messages (exponential; 0: none)",
+    )
     parser.add_argument("--connect-rate", type=float, default=50.0, help="new connections per second")
     parser.add_argument("--label", default=None, help="name for this run in comparisons")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
@@ -182,26 +192,30 @@ def main() -> int:
         return 0
 
     running = None
-    if args.start:
-        os.environ.setdefault("SWITCHBOARD_RAY_LOG_TO_DRIVER", "0")
-        from serve.run import launch
+    # stdout carries only the JSON result: Ray's own prints go to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        if args.start:
+            os.environ.setdefault("SWITCHBOARD_RAY_LOG_TO_DRIVER", "0")
+            from serve.run import launch
 
-        running = launch(dashboard=False)
-        url, token = running.ws_url, running.token
-    else:
-        url = args.url
-        token = (
-            args.token
-            or os.environ.get("SWITCHBOARD_DEV_TOKEN")
-            or Path(".switchboard/dev-token").read_text().strip()
-        )
-    try:
-        result = asyncio.run(run(url, token, args.sessions, args.messages, args.think_ms, args.connect_rate))
-    finally:
-        if running is not None:
-            from serve.run import shutdown
+            running = launch(dashboard=False)
+            url, token = running.ws_url, running.token
+        else:
+            url = args.url
+            token = (
+                args.token
+                or os.environ.get("SWITCHBOARD_DEV_TOKEN")
+                or Path(".switchboard/dev-token").read_text().strip()
+            )
+        try:
+            result = asyncio.run(
+                run(url, token, args.sessions, args.messages, args.think_ms, args.connect_rate)
+            )
+        finally:
+            if running is not None:
+                from serve.run import shutdown
 
-            shutdown()
+                shutdown()
     result = {
         "benchmark": "chat_load",
         "label": args.label or f"{args.sessions}x{args.messages}",
