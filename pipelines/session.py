@@ -127,11 +127,12 @@ class Pipeline:
             "duration_s": state.clock(),
         }
         ended = SessionEnded(session_id=state.session_id, summary=summary)
+        self._record(state, ended)
         self.store.end_session(state.session_id, state.tenant, status=status)
         if emit is not None:
-            await self.publish(state, emit, ended)
-        else:
-            self._record(state, ended)
+            # PROTOCOL: the transcript is durable before the client hears `session.ended`
+            await self.store.flush()
+            await emit(ended)
         return ended
 
     # ------------------------------------------------------------ events in

@@ -215,7 +215,6 @@ class Ingress:
                         raise ProtocolError("send session.start first", code="session_not_started")
                     elif isinstance(event, SessionEnd):
                         await pipeline.end_session(state, emit)
-                        await self.store.flush()
                         state = None
                         await ws.close(code=1000)
                         return

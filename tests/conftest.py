@@ -82,3 +82,17 @@ def pg_database():
         with admin.connect() as conn:
             conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+async def no_leaked_tasks():
+    """Fail an async test that leaves tasks running on its loop (a writer, a stage call, a send...)."""
+    import asyncio
+
+    before = set(asyncio.all_tasks())
+    yield
+    await asyncio.sleep(0)
+    leaked = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
+    for task in leaked:
+        task.cancel()
+    assert not leaked, f"test leaked running tasks: {[t.get_name() for t in leaked]}"

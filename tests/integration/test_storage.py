@@ -11,7 +11,7 @@ import sqlalchemy
 from pipelines.storage import SessionStore
 from tests.conftest import PG_ADMIN_URL
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_leaked_tasks")]
 
 
 async def roundtrip(url: str) -> None:

@@ -15,7 +15,7 @@ from pipelines.session import Pipeline
 from pipelines.storage import SessionStore, metadata
 from tests.fakes import Failing
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("no_leaked_tasks")]
 
 
 class Recorder:
@@ -271,3 +271,18 @@ async def _event_rows(store, session_id):
             .mappings()
             .all()
         )
+
+
+async def test_transcript_is_durable_before_session_ended_is_sent(env):
+    build, store, _ = env
+    pipeline = build()
+    seen_backlog = []
+
+    async def emit(event) -> None:
+        if event.type == "session.ended":
+            seen_backlog.append(store.backlog)
+
+    state, _ = await pipeline.start_session("demo", SessionStart(channel="chat", customer_id="c"))
+    await pipeline.handle(state, ChatMessage(text="please cancel my membership"), emit)
+    await pipeline.end_session(state, emit)
+    assert seen_backlog == [0]
