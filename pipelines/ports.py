@@ -11,12 +11,23 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import numpy as np
 
+    from models.asr.base import Transcription
+    from models.diarization.base import SpeakerEmbedding
     from models.retrieval.index import Hit
     from models.text.intent import IntentPrediction
     from models.text.redaction import RedactionResult
     from models.text.sentiment import SentimentScore
 
-__all__ = ["GuardrailPort", "SentimentPort", "EmbedderPort", "IntentPort", "RetrieverPort", "ModelPorts"]
+__all__ = [
+    "GuardrailPort",
+    "SentimentPort",
+    "EmbedderPort",
+    "IntentPort",
+    "RetrieverPort",
+    "AsrPort",
+    "SpeakerPort",
+    "ModelPorts",
+]
 
 
 class GuardrailPort(Protocol):
@@ -39,6 +50,18 @@ class RetrieverPort(Protocol):
     async def search(self, vector: np.ndarray, k: int, prefer: str | None = None) -> list[Hit]: ...
 
 
+class AsrPort(Protocol):
+    async def transcribe(self, audio: np.ndarray, role: str) -> Transcription:
+        """``role`` is ``partial`` (fast model) or ``final`` (accurate model, with failover)."""
+        ...
+
+
+class SpeakerPort(Protocol):
+    async def embed(self, audio: np.ndarray) -> SpeakerEmbedding | None:
+        """A voice embedding for one utterance (None when there is too little speech to tell)."""
+        ...
+
+
 class ModelPorts:
     """The bundle of model backends one pipeline uses."""
 
@@ -49,9 +72,13 @@ class ModelPorts:
         embedder: EmbedderPort,
         intent: IntentPort,
         retriever: RetrieverPort,
+        asr: AsrPort | None = None,
+        speakers: SpeakerPort | None = None,
     ) -> None:
         self.guardrail = guardrail
         self.sentiment = sentiment
         self.embedder = embedder
         self.intent = intent
         self.retriever = retriever
+        self.asr = asr
+        self.speakers = speakers

@@ -146,14 +146,54 @@ class Pipeline:
             raise ProtocolError(f"{getattr(event, 'type', event)!r} is not valid here", code="invalid_event")
 
     async def handle_message(self, state: SessionState, msg: ChatMessage, emit: Emit) -> None:
-        turn = Turn(
-            utterance_id=new_id("utt"),
-            speaker=msg.speaker,
-            received_at=time.perf_counter(),
-            raw_text=msg.text,
-            message_id=msg.message_id,
-        )
         at = state.clock()
+        await self.process_utterance(
+            state,
+            emit,
+            raw_text=msg.text,
+            speaker=msg.speaker,
+            start=at,
+            end=at,
+            confidence=1.0,
+            received_at=time.perf_counter(),
+            message_id=msg.message_id,
+            analyse=msg.speaker == "customer",
+        )
+
+    async def redact_partial(self, raw_text: str) -> str | None:
+        """Redact an interim transcript. None when the guardrail cannot check it: the partial is then not
+        shown (its final will be checked again, and blocked for review if that fails too)."""
+        try:
+            result = await asyncio.wait_for(self.ports.guardrail.redact(raw_text), self.guardrail.timeout_s)
+        except Exception:  # a partial is disposable; the final is what must pass the guardrail
+            return None
+        return result.text
+
+    async def process_utterance(
+        self,
+        state: SessionState,
+        emit: Emit,
+        *,
+        raw_text: str,
+        speaker: str,
+        start: float,
+        end: float,
+        confidence: float,
+        received_at: float,
+        message_id: str | None = None,
+        utterance_id: str | None = None,
+        latency_from: float | None = None,
+        analyse: bool = True,
+    ) -> None:
+        """One finished utterance (a chat message or a voice final): guardrail → transcript → analysis.
+        ``latency_from`` is the perf_counter time the latency is measured from (end of speech for voice)."""
+        turn = Turn(
+            utterance_id=utterance_id or new_id("utt"),
+            speaker=speaker,
+            received_at=received_at,
+            raw_text=raw_text,
+            message_id=message_id,
+        )
         try:
             redaction = await self.guardrail.run(turn, state)
         except SwitchboardError as exc:
@@ -168,8 +208,8 @@ class Pipeline:
             speaker=turn.speaker,
             text=turn.redacted,
             message_id=turn.message_id,
-            start_s=at,
-            end_s=at,
+            start_s=start,
+            end_s=end,
         )
         await self.publish(
             state,
@@ -178,16 +218,16 @@ class Pipeline:
                 utterance_id=turn.utterance_id,
                 text=turn.redacted,
                 speaker=turn.speaker,
-                start=at,
-                end=at,
-                confidence=1.0,
-                latency_ms=round((time.perf_counter() - turn.received_at) * 1000.0, 2),
+                start=start,
+                end=end,
+                confidence=round(min(1.0, max(0.0, confidence)), 4),
+                latency_ms=round((time.perf_counter() - (latency_from or turn.received_at)) * 1000.0, 2),
                 message_id=turn.message_id,
             ),
         )
         for ev in redaction:
             await self.publish(state, emit, ev)
-        if turn.speaker != "customer":
+        if not analyse:
             return  # agent turns are part of the transcript, not analysed
 
         state.turns += 1

@@ -120,8 +120,22 @@ review_items = Table(
 )
 
 
+recordings = Table(
+    "recordings",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(64), nullable=False, index=True),
+    Column("tenant", String(64), nullable=False, index=True),
+    Column("part", Integer, nullable=False),
+    Column("uri", Text, nullable=False),  # encrypted object (AES-GCM chunks)
+    Column("channels", Integer, nullable=False),
+    Column("duration_s", Float, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 _REJECTED = (IntegrityError, DataError, ProgrammingError)
-_INSERT = {t.name: insert(t) for t in (sessions, utterances, events, escalations, review_items)}
+_INSERT = {t.name: insert(t) for t in (sessions, utterances, events, escalations, review_items, recordings)}
 
 
 def _now() -> datetime:
@@ -328,7 +342,46 @@ class SessionStore:
             ),
         )
 
+    def add_recording(
+        self,
+        *,
+        session_id: str,
+        tenant: str,
+        part: int,
+        uri: str,
+        channels: int,
+        duration_s: float,
+        bytes_: int,
+    ) -> None:
+        self._enqueue(
+            _INSERT["recordings"],
+            dict(
+                session_id=session_id,
+                tenant=tenant,
+                part=part,
+                uri=uri,
+                channels=channels,
+                duration_s=duration_s,
+                bytes=bytes_,
+                created_at=_now(),
+            ),
+        )
+
     # ------------------------------------------------------------ reads (tenant-scoped)
+
+    async def recordings(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
+        await self.flush()
+
+        def _read() -> list[dict[str, Any]]:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(recordings)
+                    .where(recordings.c.session_id == session_id, recordings.c.tenant == tenant)
+                    .order_by(recordings.c.part)
+                )
+                return [dict(r._mapping) for r in rows]
+
+        return await asyncio.to_thread(_read)
 
     async def get_session(self, tenant: str, session_id: str) -> SessionRow | None:
         await self.flush()

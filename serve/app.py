@@ -13,7 +13,7 @@ from ray.serve import Application
 
 from pipelines.config import Settings
 
-from .deployments import Embedder, Guardrail, IntentClassifier, KnowledgeBase, Sentiment
+from .deployments import Asr, Embedder, Guardrail, IntentClassifier, KnowledgeBase, Sentiment, SpeakerEmbedder
 from .ingress import Ingress
 
 __all__ = ["AppArgs", "build_app", "settings_from_args"]
@@ -35,6 +35,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
         settings = settings.model_copy(update={"dev_token": resolve_dev_token(settings)})
     s = settings.model_dump(mode="json")
+    voice = {"asr": Asr.bind(s), "speakers": SpeakerEmbedder.bind(s)} if settings.voice else {}
     return Ingress.bind(
         Guardrail.bind(s),
         Sentiment.bind(s),
@@ -42,4 +43,5 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         IntentClassifier.bind(s),
         KnowledgeBase.bind(s),
         s,
+        **voice,
     )

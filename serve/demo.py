@@ -44,8 +44,13 @@ def render(event: dict) -> str:
         return _c(
             "1", f"● session {event['session_id']} started (tenant {event['tenant']}, {event['channel']})"
         )
+    if t == "transcript.partial":
+        return _c("2", f"  {event['speaker']:>8} … {event['text']}")
     if t == "transcript.final":
-        return f"  {_c('1', event['speaker'].upper()):>10}: {event['text']}"
+        timing = ""
+        if event.get("end", 0) > event.get("start", 0):
+            timing = _c("2", f"  [{event['start']:.1f}-{event['end']:.1f}s, {event['latency_ms']:.0f} ms]")
+        return f"  {_c('1', event['speaker'].upper()):>10}: {event['text']}{timing}"
     if t == "redaction":
         kinds = ", ".join(sorted({e["type"] for e in event["entities"]}))
         flags = f"  flags: {', '.join(event['flags'])}" if event.get("flags") else ""
@@ -96,14 +101,60 @@ async def play(url: str, token: str) -> int:
     return 0
 
 
+async def _play_all(url: str, token: str, voice: bool) -> int:
+    rc = await play(url, token)
+    if voice:
+        rc = rc or await play_voice(url, token)
+    return rc
+
+
+async def play_voice(url: str, token: str) -> int:
+    """Stream a two-speaker call (synthesised now with espeak-ng) at real-time pace, mono 16 kHz PCM."""
+    from pipelines.samples import two_speaker_call
+
+    call = two_speaker_call()
+    pcm = call.pcm16()
+    frame = 640  # 20 ms
+    print(_c("1", f"\n● voice: streaming a {call.audio.size / 16000:.0f}s two-speaker call in real time"))
+    async with SessionClient(url, token) as client:
+        print(
+            render(
+                await client.start(
+                    channel="voice",
+                    customer_id="demo-caller-9",
+                    audio={"encoding": "pcm_s16le", "sample_rate": 16000, "channels": 1},
+                )
+            )
+        )
+
+        async def receive() -> None:
+            while True:
+                event = await client.recv(wait_s=300)
+                print(render(event), flush=True)
+                if event["type"] == "session.ended":
+                    return
+
+        receiver = asyncio.create_task(receive())
+        t0 = asyncio.get_running_loop().time()
+        for i in range(0, len(pcm), frame):
+            await client.send(pcm[i : i + frame])
+            delay = t0 + (i + frame) / 32000 - asyncio.get_running_loop().time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await client.send({"type": "session.end"})
+        await receiver
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--connect", metavar="WS_URL", help="use a running server instead of starting one")
     parser.add_argument("--token", help="bearer token (default: .switchboard/dev-token)")
+    parser.add_argument("--no-voice", action="store_true", help="skip the voice call (chat only)")
     args = parser.parse_args(argv)
     if args.connect:
         token = args.token or Path(".switchboard/dev-token").read_text().strip()
-        return asyncio.run(play(args.connect, token))
+        return asyncio.run(_play_all(args.connect, token, voice=not args.no_voice))
 
     import os
 
@@ -113,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         running = launch(dashboard=False)
         print(f"\nswitchboard is up at {running.ws_url} — playing a scripted chat\n", flush=True)
-        return asyncio.run(play(running.ws_url, running.token))
+        return asyncio.run(_play_all(running.ws_url, running.token, voice=not args.no_voice))
     finally:
         print("\nshutting down...", flush=True)
         shutdown()

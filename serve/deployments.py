@@ -11,10 +11,26 @@ import numpy as np
 from ray import serve
 
 from models.text.redaction import PiiDetectionError, RedactionResult
-from pipelines.backends import build_embedder, build_guardrail, build_intent, build_retriever, build_sentiment
+from pipelines.backends import (
+    build_asr,
+    build_embedder,
+    build_guardrail,
+    build_intent,
+    build_retriever,
+    build_sentiment,
+    build_speaker_embedder,
+)
 from pipelines.config import Settings
 
-__all__ = ["Guardrail", "Sentiment", "Embedder", "IntentClassifier", "KnowledgeBase"]
+__all__ = [
+    "Guardrail",
+    "Sentiment",
+    "Embedder",
+    "IntentClassifier",
+    "KnowledgeBase",
+    "Asr",
+    "SpeakerEmbedder",
+]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -121,3 +137,42 @@ class KnowledgeBase(_ModelDeployment):
         k = max(k for _, k, _ in items)
         hits = self.model.search_batch(np.stack([v for v, _, _ in items]), k, [p for _, _, p in items])
         return [h[:k_i] for h, (_, k_i, _) in zip(hits, items, strict=True)]
+
+
+@serve.deployment(name="asr", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
+class Asr(_ModelDeployment):
+    """Streaming ASR: ``partial`` calls use the fast model, ``final`` calls the accurate chain with retries and
+    a backup backend. Segments from every session are batched per role."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
+        self.engines = build_asr(self.settings)
+        silence = np.zeros(16000, dtype=np.float32)
+        for engine in {id(e): e for e in self.engines.values()}.values():
+            engine.transcribe(silence)  # load weights and warm caches before the first call
+
+    async def transcribe(self, audio: np.ndarray, role: str) -> Any:
+        if role == "partial":
+            return await self._partial(audio)
+        return await self._final(audio)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _partial(self, audios: list[np.ndarray]) -> list[Any]:
+        return await asyncio.to_thread(self.engines["partial"].transcribe_batch, audios)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _final(self, audios: list[np.ndarray]) -> list[Any]:
+        return await asyncio.to_thread(self.engines["final"].transcribe_batch, audios)
+
+
+@serve.deployment(name="speaker_embedder", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.2})
+class SpeakerEmbedder(_ModelDeployment):
+    """Voice embeddings (resemblyzer) for online diarization of mono calls."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
+        self.model = build_speaker_embedder(self.settings)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def embed(self, audios: list[np.ndarray]) -> list[Any]:
+        return await asyncio.to_thread(lambda: [self.model.embed(a) for a in audios])

@@ -34,6 +34,8 @@ def handle_ports(
     embedder: DeploymentHandle,
     intent: DeploymentHandle,
     retriever: DeploymentHandle,
+    asr: DeploymentHandle | None = None,
+    speakers: DeploymentHandle | None = None,
 ) -> ModelPorts:
     return ModelPorts(
         guardrail=HandlePort(guardrail),
@@ -41,4 +43,6 @@ def handle_ports(
         embedder=HandlePort(embedder),
         intent=HandlePort(intent),
         retriever=HandlePort(retriever),
+        asr=HandlePort(asr) if asr is not None else None,
+        speakers=HandlePort(speakers) if speakers is not None else None,
     )

@@ -11,19 +11,30 @@ import json
 import logging
 from typing import Any
 
-from fastapi import FastAPI, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from pipelines.audio import AudioDecoder, BadAudio
 from pipelines.config import Settings
 from pipelines.errors import AuthError, ProtocolError, SwitchboardError
-from pipelines.events import CLIENT_TYPES, ErrorEvent, SessionEnd, SessionStart, _Event, parse_client_event
+from pipelines.events import (
+    CLIENT_TYPES,
+    AudioFormat,
+    ErrorEvent,
+    SessionEnd,
+    SessionStart,
+    _Event,
+    parse_client_event,
+)
+from pipelines.recordings import RecordingStore
 from pipelines.review import ReviewQueue, load_or_create_key
 from pipelines.session import Pipeline, SessionState
 from pipelines.storage import SessionStore
+from pipelines.voice import VoiceSession
 
 from .auth import TokenAuthority, bearer_token
 from .handles import handle_ports
@@ -61,6 +72,8 @@ class Ingress:
         intent: DeploymentHandle,
         retriever: DeploymentHandle,
         settings: dict[str, Any],
+        asr: DeploymentHandle | None = None,
+        speakers: DeploymentHandle | None = None,
     ) -> None:
         self.settings = Settings(**settings)
         self.auth = TokenAuthority(self.settings.dev_token or "")
@@ -70,12 +83,22 @@ class Ingress:
             "embedder": embedder,
             "intent": intent,
             "knowledge_base": retriever,
+            **({"asr": asr} if asr is not None else {}),
+            **({"speaker_embedder": speakers} if speakers is not None else {}),
         }
         self.store = SessionStore(self.settings.sqlalchemy_url)
         review = ReviewQueue(self.store, load_or_create_key(self.settings.resolved_review_key_file))
-        self.pipeline = Pipeline(
-            handle_ports(guardrail, sentiment, embedder, intent, retriever), self.store, review, self.settings
-        )
+        self.ports = handle_ports(guardrail, sentiment, embedder, intent, retriever, asr, speakers)
+        self.pipeline = Pipeline(self.ports, self.store, review, self.settings)
+        self.vad = None
+        self.recordings = None
+        if asr is not None:
+            from models.asr.vad import SileroVad
+
+            self.vad = SileroVad()  # the ONNX session is shared; each stream keeps its own state
+            self.recordings = RecordingStore(
+                self.settings.resolved_recordings_url, self.settings.resolved_recording_key_file, self.store
+            )
         self._started = asyncio.Lock()
         self._store_running = False
         self.active_sessions = 0
@@ -112,6 +135,42 @@ class Ingress:
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    @app.get("/v1/sessions/{session_id}/recording")
+    async def recording(self, session_id: str, request: Request) -> Response:
+        """The call's audio as WAV, decrypted for an authorised caller of the session's own tenant."""
+        try:
+            principal = self.auth.authenticate(
+                bearer_token(request.headers.get("authorization"), request.query_params.get("token"))
+            )
+        except AuthError as exc:
+            return JSONResponse(exc.to_event().wire(), status_code=401)
+        await self._ensure_store()
+        wav = await self.recordings.read_wav(principal.tenant, session_id) if self.recordings else None
+        if wav is None:
+            return JSONResponse(
+                ErrorEvent(code="session_not_found", message=f"no recording for session {session_id}").wire(),
+                status_code=404,
+            )
+        return Response(wav, media_type="audio/wav")
+
+    async def _voice_session(
+        self, state: SessionState, emit: Any, fmt: AudioFormat, speakers: tuple[str | None, ...] | None = None
+    ) -> VoiceSession:
+        part = len(await self.store.recordings(state.tenant, state.session_id))
+        channels = len(speakers) if speakers else fmt.channels
+        return VoiceSession(
+            self.pipeline,
+            state,
+            emit,
+            AudioDecoder(fmt.encoding, fmt.sample_rate, channels),
+            self.vad,
+            self.ports.asr,
+            self.ports.speakers,
+            self.settings,
+            recorder=self.recordings.open(state.tenant, state.session_id, channels, part),
+            channel_speakers=speakers,
+        )
+
     # ------------------------------------------------------------ websocket
 
     @app.websocket("/v1/sessions")
@@ -142,6 +201,7 @@ class Ingress:
 
     async def _session_loop(self, ws: WebSocket, tenant: str) -> None:
         state: SessionState | None = None
+        voice: VoiceSession | None = None
         pipeline = self.pipeline
         limit = self.settings.max_message_bytes
 
@@ -170,50 +230,34 @@ class Ingress:
                             )
                         if state is None:
                             raise ProtocolError("send session.start before audio", code="session_not_started")
-                        raise ProtocolError(
-                            f"binary audio frames are for voice sessions; this is a {state.channel} session",
-                            code="unexpected_binary",
-                        )
-                    if len(text) > limit // 4 and len(text.encode()) > limit:
-                        raise ProtocolError(
-                            f"text frame of {len(text.encode())} bytes exceeds the {limit}-byte limit; split the message",
-                            code="message_too_large",
-                        )
-                    try:
-                        raw = json.loads(text)
-                    except json.JSONDecodeError as exc:
-                        raise ProtocolError(
-                            f"frame is not valid JSON ({exc.msg} at {exc.pos})", code="bad_json"
-                        ) from None
-                    if not isinstance(raw, dict):
-                        raise ProtocolError(
-                            "frame must be a JSON object with a `type` field", code="bad_json"
-                        )
-                    if raw.get("type") not in CLIENT_TYPES:
-                        raise ProtocolError(
-                            f"unknown event type {str(raw.get('type'))[:40]!r}; expected one of {', '.join(CLIENT_TYPES)}",
-                            code="unknown_type",
-                        )
-                    try:
-                        event = parse_client_event(raw)
-                    except ValidationError as exc:
-                        raise ProtocolError(_validation_message(exc), code="invalid_event") from None
-
+                        if voice is None:
+                            raise ProtocolError(
+                                f"binary audio frames are for voice sessions; this is a {state.channel} session",
+                                code="unexpected_binary",
+                            )
+                        await voice.feed(data or b"")
+                        continue
+                    event = self._parse(text, limit)
                     if isinstance(event, SessionStart):
                         if state is not None:
                             raise ProtocolError(
                                 "this connection already has a session", code="session_already_started"
                             )
-                        if event.channel == "voice":
+                        if event.channel == "voice" and self.vad is None:
                             raise ProtocolError(
-                                "voice sessions are not enabled on this server yet; use channel chat, sms or email",
+                                "voice is not enabled on this server (no ASR deployment); use chat, sms or email",
                                 code="channel_unavailable",
                             )
                         state, started = await pipeline.start_session(tenant, event)
                         await emit(started)
+                        if state.channel == "voice":
+                            voice = await self._voice_session(state, emit, event.audio or AudioFormat())
                     elif state is None:
                         raise ProtocolError("send session.start first", code="session_not_started")
                     elif isinstance(event, SessionEnd):
+                        if voice is not None:
+                            await voice.close()
+                            voice = None
                         await pipeline.end_session(state, emit)
                         state = None
                         await ws.close(code=1000)
@@ -234,5 +278,150 @@ class Ingress:
         except WebSocketDisconnect:
             pass
         finally:
+            if voice is not None:
+                await voice.close()  # finals of audio already received are still transcribed and stored
             if state is not None and not state.ended:
                 await pipeline.end_session(state, None, status="disconnected")
+
+    @staticmethod
+    def _parse(text: str, limit: int) -> Any:
+        """Text frame → client event, or the ProtocolError that names what is wrong with it."""
+        if len(text) > limit // 4 and len(text.encode()) > limit:
+            raise ProtocolError(
+                f"text frame of {len(text.encode())} bytes exceeds the {limit}-byte limit; split the message",
+                code="message_too_large",
+            )
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProtocolError(
+                f"frame is not valid JSON ({exc.msg} at {exc.pos})", code="bad_json"
+            ) from None
+        if not isinstance(raw, dict):
+            raise ProtocolError("frame must be a JSON object with a `type` field", code="bad_json")
+        if raw.get("type") not in CLIENT_TYPES:
+            raise ProtocolError(
+                f"unknown event type {str(raw.get('type'))[:40]!r}; expected one of {', '.join(CLIENT_TYPES)}",
+                code="unknown_type",
+            )
+        try:
+            return parse_client_event(raw)
+        except ValidationError as exc:
+            raise ProtocolError(_validation_message(exc), code="invalid_event") from None
+
+    # ------------------------------------------------------------ Twilio Media Streams
+
+    @app.websocket("/v1/twilio")
+    async def twilio(self, ws: WebSocket) -> None:
+        """Twilio Media Streams: `connected`, `start` (tracks, custom parameters), `media` (base64 μ-law 8 kHz
+        per track), `stop`. The token comes as `?token=` on the stream URL or a `token` custom parameter.
+        Analysis events are stored for the agent desktop; only errors are sent back on this socket."""
+        await ws.accept()
+        await self._ensure_store()
+        state: SessionState | None = None
+        voice: VoiceSession | None = None
+        tracks: dict[str, int] = {}
+
+        async def quiet(event: _Event) -> None:  # Twilio does not read our events; errors only
+            if event.type == "error":
+                await self._send(ws, event)
+
+        async def reject(exc: SwitchboardError) -> None:
+            if state is not None:
+                await self.pipeline.publish(state, quiet, exc.to_event())
+            else:
+                await self._send(ws, exc.to_event())
+
+        try:
+            while True:
+                frame = await ws.receive()
+                if frame["type"] == "websocket.disconnect":
+                    break
+                try:
+                    msg = self._twilio_message(frame.get("text"))
+                    kind = msg.get("event")
+                    if kind == "connected":
+                        continue
+                    if kind == "start":
+                        if state is not None:
+                            raise ProtocolError(
+                                "a second `start` on one stream", code="session_already_started"
+                            )
+                        if self.vad is None:
+                            raise ProtocolError(
+                                "voice is not enabled on this server", code="channel_unavailable"
+                            )
+                        start = msg.get("start") or {}
+                        params = start.get("customParameters") or {}
+                        principal = self.auth.authenticate(
+                            ws.query_params.get("token") or params.get("token")
+                        )
+                        names = [
+                            t for t in (start.get("tracks") or ["inbound"]) if t in ("inbound", "outbound")
+                        ]
+                        tracks = {name: i for i, name in enumerate(names or ["inbound"])}
+                        customer = str(params.get("customer_id") or start.get("callSid") or "twilio-caller")[
+                            :128
+                        ]
+                        state, _ = await self.pipeline.start_session(
+                            principal.tenant, SessionStart(channel="voice", customer_id=customer)
+                        )
+                        speakers = tuple("customer" if t == "inbound" else "agent" for t in tracks)
+                        voice = await self._voice_session(
+                            state,
+                            quiet,
+                            AudioFormat(encoding="mulaw", sample_rate=8000, channels=1),
+                            speakers,
+                        )
+                    elif kind == "media":
+                        if voice is None:
+                            raise ProtocolError("`media` before `start`", code="session_not_started")
+                        media = msg.get("media") or {}
+                        track = tracks.get(media.get("track", "inbound"))
+                        if track is None:
+                            raise BadAudio(f"unknown track {str(media.get('track'))[:20]!r}")
+                        await voice.feed_track(track, _b64(media.get("payload")))
+                    elif kind == "stop":
+                        break
+                    elif kind not in ("mark", "dtmf"):
+                        raise ProtocolError(f"unknown Twilio event {str(kind)[:40]!r}", code="unknown_type")
+                except AuthError as exc:
+                    await self._send(ws, exc.to_event())
+                    await ws.close(code=_POLICY_VIOLATION, reason="unauthorized")
+                    return
+                except SwitchboardError as exc:
+                    await reject(exc)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if voice is not None:
+                await voice.close()
+            if state is not None and not state.ended:
+                await self.pipeline.end_session(state, None)
+        if ws.client_state == WebSocketState.CONNECTED:
+            await ws.close(code=1000)
+
+    def _twilio_message(self, text: str | None) -> dict[str, Any]:
+        if text is None:
+            raise BadAudio("Twilio Media Streams send JSON text frames, not binary")
+        if len(text) > self.settings.max_message_bytes:
+            raise ProtocolError("frame too large", code="message_too_large")
+        try:
+            msg = json.loads(text)
+        except json.JSONDecodeError:
+            raise ProtocolError("frame is not valid JSON", code="bad_json") from None
+        if not isinstance(msg, dict):
+            raise ProtocolError("frame must be a JSON object with an `event` field", code="bad_json")
+        return msg
+
+
+def _b64(payload: Any) -> bytes:
+    import base64
+    import binascii
+
+    if not isinstance(payload, str) or not payload:
+        raise BadAudio("`media.payload` must be base64 μ-law audio")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadAudio("`media.payload` is not valid base64") from None

@@ -1,0 +1,314 @@
+"""Voice sessions: audio frames → VAD segments → partial and final transcripts with speakers → the same
+utterance pipeline as chat (guardrail → sentiment ∥ planner → assist → escalation → store).
+
+Per channel, a VAD segmenter finds speech. While someone speaks, a partial transcript of the segment so far
+is produced at most every ``partial_interval_s``; at end of speech the segment is queued for its final.
+Finals are transcribed strictly in order by one worker per session. If the ASR service fails, the segment
+stays queued (its audio is kept) and is retried with backoff — replayed when ASR recovers — so the final
+transcript is complete; the client hears one retryable ``asr_unavailable`` error meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from models.asr.base import SAMPLE_RATE
+
+from .audio import AudioDecoder
+from .events import ErrorEvent, TranscriptPartial, new_id
+
+if TYPE_CHECKING:
+    from models.asr.vad import SileroVad
+
+    from .config import Settings
+    from .ports import AsrPort, SpeakerPort
+    from .session import Emit, Pipeline, SessionState
+
+__all__ = ["VoiceSession", "Segment"]
+
+log = logging.getLogger("switchboard.voice")
+
+
+@dataclass
+class Segment:
+    utterance_id: str
+    channel: int
+    start: float  # seconds of audio since the session started
+    end: float
+    audio: np.ndarray
+    speech_end_wall: float  # perf_counter when the audio at `end` arrived
+    attempts: int = 0
+
+
+class _WallClock:
+    """Maps audio time (seconds since session start) to the wall time the audio arrived."""
+
+    def __init__(self) -> None:
+        self._t: list[float] = []
+        self._wall: list[float] = []
+
+    def add(self, audio_t: float, wall: float) -> None:
+        self._t.append(audio_t)
+        self._wall.append(wall)
+        if len(self._t) > 4096:
+            del self._t[:2048], self._wall[:2048]
+
+    def at(self, audio_t: float) -> float:
+        i = bisect.bisect_left(self._t, audio_t)
+        return self._wall[min(i, len(self._wall) - 1)] if self._wall else time.perf_counter()
+
+
+@dataclass
+class _Channel:
+    index: int
+    segmenter: object  # models.asr.vad.VadSegmenter
+    fixed_speaker: str | None
+    buffer: deque[np.ndarray] = field(default_factory=deque)
+    buffer_start: int = 0  # sample index of buffer[0][0]
+    buffered: int = 0
+    seg_start: float | None = None
+    utterance_id: str | None = None
+    last_partial: float = 0.0
+    partial_task: asyncio.Task[None] | None = None
+    last_speaker: str = "S1"
+    clock: _WallClock = field(default_factory=lambda: _WallClock())
+
+
+class VoiceSession:
+    KEEP_S = 60.0  # audio kept per channel for segments in progress
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        state: SessionState,
+        emit: Emit,
+        decoder: AudioDecoder,
+        vad: SileroVad,
+        asr: AsrPort,
+        speakers: SpeakerPort | None,
+        settings: Settings,
+        recorder: object | None = None,
+        channel_speakers: tuple[str | None, ...] | None = None,
+    ) -> None:
+        from models.asr.vad import VadSegmenter
+
+        self.pipeline, self.state, self.emit = pipeline, state, emit
+        self.decoder, self.asr, self.speakers, self.settings = decoder, asr, speakers, settings
+        self.recorder = recorder
+        roles = (
+            list(channel_speakers)
+            if channel_speakers
+            else (["customer", "agent"] if decoder.channels == 2 else [None])
+        )
+        self.channels = [
+            _Channel(
+                i,
+                VadSegmenter(
+                    vad.fresh() if hasattr(vad, "fresh") else vad, min_silence_ms=settings.vad_min_silence_ms
+                ),
+                role,
+            )
+            for i, role in enumerate(roles)
+        ]
+        self._clustering = None
+        self._queue: asyncio.Queue[Segment | None] = asyncio.Queue()
+        self._worker = asyncio.create_task(self._finals_worker(), name=f"voice-finals-{state.session_id}")
+        self.track_decoders = [
+            AudioDecoder(decoder.encoding, decoder.sample_rate, 1) for _ in range(decoder.channels)
+        ]
+        self._asr_error_reported = False
+        self.pending_finals = 0
+
+    # ------------------------------------------------------------ audio in
+
+    async def feed(self, frame: bytes) -> None:
+        """Decode one binary frame in the session's format (raises BadAudio, accepting nothing of it) and
+        advance every channel."""
+        for index, audio in enumerate(self.decoder.decode(frame)):
+            self._advance(self.channels[index], audio)
+
+    async def feed_track(self, index: int, frame: bytes) -> None:
+        """One mono frame for one channel (telephony streams send each party's track separately)."""
+        self._advance(self.channels[index], self.track_decoders[index].decode(frame))
+
+    def _advance(self, ch: _Channel, audio: np.ndarray) -> None:
+        now = time.perf_counter()
+        if self.recorder is not None:
+            self.recorder.write_channel(ch.index, audio)
+        ch.buffer.append(audio)
+        ch.buffered += audio.size
+        end_t = (ch.buffer_start + ch.buffered) / SAMPLE_RATE
+        ch.clock.add(end_t, now)
+        for event in ch.segmenter.feed(audio):
+            if event.kind == "start":
+                ch.seg_start, ch.utterance_id, ch.last_partial = event.time, new_id("utt"), now
+            elif ch.seg_start is not None:
+                self._close_segment(ch, event.time)
+        if ch.seg_start is not None and now - ch.last_partial >= self.settings.partial_interval_s:
+            ch.last_partial = now
+            if ch.partial_task is None or ch.partial_task.done():
+                ch.partial_task = asyncio.create_task(self._partial(ch, ch.utterance_id, ch.seg_start, end_t))
+        self._trim(ch)
+
+    def _slice(self, ch: _Channel, start: float, end: float) -> np.ndarray:
+        audio = np.concatenate(list(ch.buffer)) if ch.buffer else np.zeros(0, np.float32)
+        a = max(0, int(start * SAMPLE_RATE) - ch.buffer_start)
+        b = max(a, int(end * SAMPLE_RATE) - ch.buffer_start)
+        return audio[a:b]
+
+    def _trim(self, ch: _Channel) -> None:
+        keep_from = (ch.buffer_start + ch.buffered) - int(self.KEEP_S * SAMPLE_RATE)
+        if ch.seg_start is not None:
+            keep_from = min(keep_from, int(ch.seg_start * SAMPLE_RATE) - SAMPLE_RATE)
+        while ch.buffer and ch.buffer_start + ch.buffer[0].size < keep_from:
+            dropped = ch.buffer.popleft()
+            ch.buffer_start += dropped.size
+            ch.buffered -= dropped.size
+
+    def _close_segment(self, ch: _Channel, end: float) -> None:
+        start, uid = ch.seg_start, ch.utterance_id
+        ch.seg_start = ch.utterance_id = None
+        if start is None or uid is None:
+            return
+        segment = Segment(
+            uid, ch.index, round(start, 3), round(end, 3), self._slice(ch, start, end), ch.clock.at(end)
+        )
+        self.pending_finals += 1
+        self._queue.put_nowait(segment)
+
+    # ------------------------------------------------------------ partials
+
+    async def _partial(self, ch: _Channel, uid: str | None, start: float, end: float) -> None:
+        audio = self._slice(ch, start, end)
+        if uid is None or audio.size < SAMPLE_RATE // 4:
+            return
+        try:
+            result = await self.asr.transcribe(audio, "partial")
+        except Exception as exc:  # partials are best-effort; finals carry the guarantee
+            log.warning("partial transcription failed (%s)", type(exc).__name__)
+            return
+        if not result.text.strip() or ch.utterance_id != uid:
+            return  # nothing heard yet, or the final for this utterance is already on its way
+        text = await self.pipeline.redact_partial(result.text.strip())
+        if text is None or ch.utterance_id != uid:
+            return
+        speaker = ch.fixed_speaker or ch.last_speaker
+        await self.emit(
+            TranscriptPartial(
+                utterance_id=uid, text=text, speaker=speaker, start=round(start, 3), end=round(end, 3)
+            )
+        )
+
+    # ------------------------------------------------------------ finals
+
+    async def _speaker_for(self, ch: _Channel, audio: np.ndarray) -> str:
+        if ch.fixed_speaker is not None:
+            return ch.fixed_speaker
+        if self.speakers is None:
+            return ch.last_speaker
+        try:
+            embedding = await self.speakers.embed(audio)
+        except Exception as exc:  # diarization is an enrichment: keep the last speaker rather than stall
+            log.warning("speaker embedding failed (%s)", type(exc).__name__)
+            return ch.last_speaker
+        if self._clustering is None:
+            from models.diarization.online import RESEMBLYZER_THRESHOLD, OnlineSpeakerClustering
+
+            threshold = self.settings.diarization_threshold
+            self._clustering = OnlineSpeakerClustering(
+                embedder=None,  # embeddings come from the speaker_embedder deployment
+                threshold=RESEMBLYZER_THRESHOLD if threshold is None else threshold,
+                max_speakers=self.settings.diarization_max_speakers,
+            )
+        label, _ = self._clustering.assign_embedding(embedding)
+        ch.last_speaker = label
+        return label
+
+    async def _finals_worker(self) -> None:
+        backoff = self.settings.asr_retry_backoff_s
+        while True:
+            segment = await self._queue.get()
+            if segment is None:
+                return
+            while True:
+                try:
+                    result = await self.asr.transcribe(segment.audio, "final")
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    segment.attempts += 1
+                    log.warning(
+                        "final transcription failed (%s), attempt %d; audio kept",
+                        type(exc).__name__,
+                        segment.attempts,
+                    )
+                    if not self._asr_error_reported:
+                        self._asr_error_reported = True
+                        await self.pipeline.publish(
+                            self.state,
+                            self.emit,
+                            ErrorEvent(
+                                code="asr_unavailable",
+                                message="speech recognition is failing; the audio is kept and will be transcribed "
+                                "when it recovers",
+                                retryable=True,
+                                utterance_id=segment.utterance_id,
+                            ),
+                        )
+                    await asyncio.sleep(min(backoff * 2 ** (segment.attempts - 1), 5.0))
+            self._asr_error_reported = False
+            try:
+                text = result.text.strip()
+                if text:
+                    ch = self.channels[segment.channel]
+                    speaker = await self._speaker_for(ch, segment.audio)
+                    await self.pipeline.process_utterance(
+                        self.state,
+                        self.emit,
+                        raw_text=text,
+                        speaker=speaker,
+                        start=segment.start,
+                        end=segment.end,
+                        confidence=result.confidence,
+                        received_at=time.perf_counter(),
+                        utterance_id=segment.utterance_id,
+                        latency_from=segment.speech_end_wall,
+                        analyse=speaker != "agent",
+                    )
+            except Exception as exc:  # one utterance must not stop the worker
+                log.error("processing a final failed (%s)", type(exc).__name__)
+            finally:
+                self.pending_finals -= 1
+
+    # ------------------------------------------------------------ end
+
+    async def close(self, wait_s: float = 120.0) -> None:
+        """End of audio: close open segments, then wait for every final (they are retried until then)."""
+        for ch in self.channels:
+            end_t = (ch.buffer_start + ch.buffered) / SAMPLE_RATE
+            for event in ch.segmenter.flush():
+                if event.kind == "end" and ch.seg_start is not None:
+                    self._close_segment(ch, event.time)
+            if ch.seg_start is not None:
+                self._close_segment(ch, end_t)
+            if ch.partial_task is not None:
+                ch.partial_task.cancel()
+        self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._worker), wait_s)
+        except TimeoutError:
+            log.error(
+                "finals still pending after %.0fs at session end; the recording keeps the audio", wait_s
+            )
+            self._worker.cancel()
+        if self.recorder is not None:
+            await self.recorder.close()
