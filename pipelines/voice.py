@@ -137,7 +137,7 @@ class VoiceSession:
 
     async def feed_track(self, index: int, frame: bytes) -> None:
         """One mono frame for one channel (telephony streams send each party's track separately)."""
-        self._advance(self.channels[index], self.track_decoders[index].decode(frame))
+        self._advance(self.channels[index], self.track_decoders[index].decode(frame)[0])
 
     def _advance(self, ch: _Channel, audio: np.ndarray) -> None:
         now = time.perf_counter()

@@ -59,6 +59,19 @@ def _validation_message(exc: ValidationError) -> str:
     return "invalid event: " + "; ".join(parts[:5])
 
 
+def _b64(payload: Any) -> bytes:
+    import base64
+    import binascii
+
+    if not isinstance(payload, str) or not payload:
+        raise BadAudio("`media.payload` must be base64 μ-law audio")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadAudio("`media.payload` is not valid base64") from None
+
+
+# Helpers the ingress uses must be defined above it: Serve serialises the class when it is decorated.
 @serve.deployment(
     name="ingress", max_ongoing_requests=10000, max_queued_requests=-1, ray_actor_options={"num_cpus": 0.2}
 )
@@ -391,6 +404,11 @@ class Ingress:
                     return
                 except SwitchboardError as exc:
                     await reject(exc)
+                except Exception as exc:  # one bad message must not drop the call
+                    log.error("unexpected error handling a Twilio message (%s)", type(exc).__name__)
+                    await reject(
+                        SwitchboardError("the server could not handle that message; the call continues")
+                    )
         except WebSocketDisconnect:
             pass
         finally:
@@ -398,6 +416,7 @@ class Ingress:
                 await voice.close()
             if state is not None and not state.ended:
                 await self.pipeline.end_session(state, None)
+                await self.store.flush()  # the call's transcript is durable before the stream is closed
         if ws.client_state == WebSocketState.CONNECTED:
             await ws.close(code=1000)
 
@@ -413,15 +432,3 @@ class Ingress:
         if not isinstance(msg, dict):
             raise ProtocolError("frame must be a JSON object with an `event` field", code="bad_json")
         return msg
-
-
-def _b64(payload: Any) -> bytes:
-    import base64
-    import binascii
-
-    if not isinstance(payload, str) or not payload:
-        raise BadAudio("`media.payload` must be base64 μ-law audio")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadAudio("`media.payload` is not valid base64") from None

@@ -66,7 +66,9 @@ def _prepare(config_path: Path, overrides: dict[str, Any], port: int | None) -> 
     settings = settings.model_copy(
         update={"host": http.get("host", settings.host), "port": http.get("port", settings.port)}
     )
-    app["args"] = {"settings": {k: v for k, v in settings.model_dump(mode="json").items() if v is not None}}
+    # the token stays out of the app args (Serve logs those): replicas read it from <data_dir>/dev-token
+    args = settings.model_dump(mode="json", exclude={"dev_token"})
+    app["args"] = {"settings": {k: v for k, v in args.items() if v is not None}}
     return config, settings, token
 
 

@@ -223,6 +223,8 @@ class ResemblyzerEmbedder:
         # One forward at a time: torch already spreads one forward over all cores, so concurrent calls from
         # several sessions' threads would only oversubscribe the CPU.
         self._lock = threading.Lock()
+        # The first call pays for librosa's lazy imports (~3 s): pay it at load time, not on a live call.
+        self._encoder.embed_utterance(np.zeros(self._partial_samples, dtype=np.float32))
 
     def embed(self, audio: np.ndarray) -> SpeakerEmbedding | None:
         wav = as_mono_float32(audio)

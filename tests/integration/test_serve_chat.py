@@ -21,7 +21,15 @@ def test_healthz_reports_every_deployment(app):
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok"
-    assert set(body["deployments"]) == {"guardrail", "sentiment", "embedder", "intent", "knowledge_base"}
+    assert set(body["deployments"]) == {
+        "guardrail",
+        "sentiment",
+        "embedder",
+        "intent",
+        "knowledge_base",
+        "asr",
+        "speaker_embedder",
+    }
 
 
 async def test_chat_session_end_to_end(app):
@@ -164,7 +172,7 @@ async def test_events_before_session_start_are_refused(app):
         assert started["type"] == "session.started"
 
 
-async def test_voice_is_refused_clearly_until_enabled(app):
+async def test_voice_with_an_unsupported_audio_format_is_refused(app):
     async with SessionClient(app.ws_url, app.token) as c:
         await _expect_error(
             c,
@@ -172,10 +180,11 @@ async def test_voice_is_refused_clearly_until_enabled(app):
                 "type": "session.start",
                 "channel": "voice",
                 "customer_id": "c",
-                "audio": {"encoding": "pcm_s16le"},
+                "audio": {"sample_rate": 44100},
             },
-            "channel_unavailable",
+            "invalid_event",
         )
+        assert (await c.start(channel="voice"))["type"] == "session.started"
 
 
 async def test_resume_of_unknown_session_is_refused(app):

@@ -46,7 +46,6 @@ def short_call():
 @pytest.fixture(scope="module")
 def voice_models(index_dir):
     from models.asr.vad import SileroVad
-
     from pipelines.backends import LocalAsr, LocalSpeakers, build_asr, build_speaker_embedder
     from pipelines.config import Settings
 
@@ -198,7 +197,6 @@ async def test_primary_failing_mid_call_fails_over_to_backup_without_losing_word
     session_factory, call, voice_models
 ):
     from models.asr.fallback import FallbackAsr
-
     from pipelines.backends import LocalAsr
 
     make, _, _ = session_factory
