@@ -8,6 +8,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PYANNOTE_METRICS_ENABLED := false
+SITE = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 .PHONY: help install index demo serve test lint bench schema clean
 
@@ -22,6 +24,11 @@ $(STAMP): pyproject.toml requirements.lock
 	@$(PY) -m pip install --progress-bar on 'torch==2.13.0'
 	@echo "==> switchboard and its pinned dependencies"
 	@$(PY) -m pip install --progress-bar on -c requirements.lock -e '.[dev]'
+	@echo "==> neutralising torchaudio's CUDA libraries (PyPI ships a CUDA build; pyannote needs only its Python parts)"
+	@rm -f "$(SITE)"/torchaudio/lib/*.so
+	@$(PY) -W ignore -c 'import torch, pyannote.audio; torch.ones(2) @ torch.ones(2)'
+	@command -v espeak-ng >/dev/null || { echo "==> installing espeak-ng and sox (demo and test speech)"; \
+		(apt-get install -y -q espeak-ng sox || sudo apt-get install -y -q espeak-ng sox) >/dev/null; }
 	@touch $(STAMP)
 
 install: $(STAMP) ## create/refresh the virtualenv

@@ -28,6 +28,7 @@ __all__ = [
     "SessionStarted",
     "TranscriptPartial",
     "TranscriptFinal",
+    "TranscriptWord",
     "RedactedEntity",
     "Redaction",
     "Sentiment",
@@ -136,6 +137,17 @@ class TranscriptPartial(_Event):
     end: float
 
 
+class TranscriptWord(BaseModel):
+    """One word of a redacted voice transcript; a redacted entity is one word such as ``[PHONE]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    word: str
+    start: float
+    end: float
+    confidence: float = Field(ge=0.0, le=1.0)
+
+
 class TranscriptFinal(_Event):
     """A finished utterance: a voice segment, or a chat/SMS/email message. Text is already redacted."""
 
@@ -148,6 +160,7 @@ class TranscriptFinal(_Event):
     confidence: float = Field(ge=0.0, le=1.0)
     latency_ms: float
     message_id: str | None = None
+    words: list[TranscriptWord] | None = Field(default=None, description="voice: word timings (seconds)")
 
 
 class RedactedEntity(BaseModel):

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+
+from models.asr.base import Word
 
 from .config import Settings
 from .errors import ProtocolError, SwitchboardError
@@ -38,6 +40,7 @@ from .stages.guardrail import GuardrailStage
 from .stages.planner import PlannerStage
 from .stages.sentiment import SentimentStage
 from .storage import SessionStore
+from .words import align_words
 
 __all__ = ["Pipeline", "SessionState", "Emit"]
 
@@ -184,6 +187,7 @@ class Pipeline:
         utterance_id: str | None = None,
         latency_from: float | None = None,
         analyse: bool = True,
+        words: Sequence[Word] | None = None,
     ) -> None:
         """One finished utterance (a chat message or a voice final): guardrail → transcript → analysis.
         ``latency_from`` is the perf_counter time the latency is measured from (end of speech for voice)."""
@@ -223,6 +227,7 @@ class Pipeline:
                 confidence=round(min(1.0, max(0.0, confidence)), 4),
                 latency_ms=round((time.perf_counter() - (latency_from or turn.received_at)) * 1000.0, 2),
                 message_id=turn.message_id,
+                words=align_words(words, turn.redacted, offset=start) if words else None,
             ),
         )
         for ev in redaction:

@@ -126,6 +126,7 @@ class VoiceSession:
         ]
         self._asr_error_reported = False
         self.pending_finals = 0
+        self._finalized: set[str] = set()  # utterances whose final is out: later partials are dropped
 
     # ------------------------------------------------------------ audio in
 
@@ -195,10 +196,10 @@ class VoiceSession:
         except Exception as exc:  # partials are best-effort; finals carry the guarantee
             log.warning("partial transcription failed (%s)", type(exc).__name__)
             return
-        if not result.text.strip() or ch.utterance_id != uid:
-            return  # nothing heard yet, or the final for this utterance is already on its way
+        if not result.text.strip() or uid in self._finalized:
+            return  # nothing heard yet, or the final for this utterance is already out
         text = await self.pipeline.redact_partial(result.text.strip())
-        if text is None or ch.utterance_id != uid:
+        if text is None or uid in self._finalized:
             return
         speaker = ch.fixed_speaker or ch.last_speaker
         await self.emit(
@@ -266,6 +267,7 @@ class VoiceSession:
                         )
                     await asyncio.sleep(min(backoff * 2 ** (segment.attempts - 1), 5.0))
             self._asr_error_reported = False
+            self._finalized.add(segment.utterance_id)  # its final goes out now: no partial after it
             try:
                 text = result.text.strip()
                 if text:
@@ -283,6 +285,7 @@ class VoiceSession:
                         utterance_id=segment.utterance_id,
                         latency_from=segment.speech_end_wall,
                         analyse=speaker != "agent",
+                        words=result.words,
                     )
             except Exception as exc:  # one utterance must not stop the worker
                 log.error("processing a final failed (%s)", type(exc).__name__)

@@ -36,6 +36,7 @@ from pipelines.session import Pipeline, SessionState
 from pipelines.storage import SessionStore
 from pipelines.voice import VoiceSession
 
+from . import riva_api
 from .auth import TokenAuthority, bearer_token
 from .handles import handle_ports
 
@@ -183,6 +184,15 @@ class Ingress:
             recorder=self.recordings.open(state.tenant, state.session_id, channels, part),
             channel_speakers=speakers,
         )
+
+    # ------------------------------------------------------------ Riva-compatible gRPC (serve/riva_api.py)
+
+    async def Recognize(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - Riva's RPC name
+        return await riva_api.recognize(self, request, grpc_context)
+
+    async def StreamingRecognize(self, request_stream: Any, grpc_context: Any = None):  # noqa: N802
+        async for response in riva_api.streaming_recognize(self, request_stream, grpc_context):
+            yield response
 
     # ------------------------------------------------------------ websocket
 

@@ -33,13 +33,16 @@ class Running:
     ws_url: str
     token: str
     settings: Settings
+    grpc_target: str = "127.0.0.1:9000"
 
 
 def _say(msg: str) -> None:
     print(f"[switchboard] {msg}", file=sys.stderr, flush=True)
 
 
-def _prepare(config_path: Path, overrides: dict[str, Any], port: int | None) -> tuple[dict, Settings, str]:
+def _prepare(
+    config_path: Path, overrides: dict[str, Any], port: int | None, grpc_port: int | None = None
+) -> tuple[dict, Settings, str]:
     from pipelines.indexing import build_index
 
     from .auth import resolve_dev_token
@@ -63,6 +66,8 @@ def _prepare(config_path: Path, overrides: dict[str, Any], port: int | None) -> 
             http[name] = getattr(settings, name)
     if port is not None:
         http["port"] = port
+    if grpc_port is not None:
+        config.setdefault("grpc_options", {})["port"] = grpc_port
     settings = settings.model_copy(
         update={"host": http.get("host", settings.host), "port": http.get("port", settings.port)}
     )
@@ -109,6 +114,7 @@ def launch(
     *,
     settings: dict[str, Any] | None = None,
     port: int | None = None,
+    grpc_port: int | None = None,
     dashboard: bool = True,
     timeout_s: float = 600.0,
 ) -> Running:
@@ -118,7 +124,7 @@ def launch(
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
-    config, resolved, token = _prepare(Path(config_path), settings or {}, port)
+    config, resolved, token = _prepare(Path(config_path), settings or {}, port, grpc_port)
     schema = ServeDeploySchema.model_validate(config)
     os.environ.setdefault("RAY_worker_niceness", "0")
     if not ray.is_initialized():
@@ -147,6 +153,7 @@ def launch(
         ws_url=f"ws://{host}:{schema.http_options.port}/v1/sessions",
         token=token,
         settings=resolved,
+        grpc_target=f"{host}:{schema.grpc_options.port}",
     )
 
 
@@ -179,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "\nswitchboard is up\n"
         f"  websocket : {running.ws_url}\n"
         f"  health    : {running.http_url}/healthz\n"
+        f"  gRPC      : {running.grpc_target}  (Riva-compatible nvidia.riva.asr.RivaSpeechRecognition)\n"
         f"  dev token : {running.token}   (also in {token_file})\n"
         f"  try       : python -m serve.demo --connect {running.ws_url}\n"
         + (

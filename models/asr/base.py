@@ -12,7 +12,15 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["SAMPLE_RATE", "Word", "Transcription", "AsrCapabilities", "AsrEngine", "AsrError", "AsrUnavailable"]
+__all__ = [
+    "SAMPLE_RATE",
+    "Word",
+    "Transcription",
+    "AsrCapabilities",
+    "AsrEngine",
+    "AsrError",
+    "AsrUnavailable",
+]
 
 SAMPLE_RATE = 16000
 
@@ -58,4 +66,3 @@ class AsrEngine(Protocol):
     def transcribe(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcription: ...
 
     def transcribe_batch(self, audios: list[np.ndarray]) -> list[Transcription]: ...
-

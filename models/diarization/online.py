@@ -79,7 +79,9 @@ class OnlineSpeakerClustering:
     """Incremental speaker clustering for one call; implements ``Diarizer``.
 
     Args:
-        embedder: turns an utterance into a ``SpeakerEmbedding`` (may be shared between calls).
+        embedder: turns an utterance into a ``SpeakerEmbedding`` (may be shared between calls). ``None`` when the
+            embeddings are computed elsewhere (e.g. a shared embedding deployment) and fed to
+            ``assign_embedding``; ``assign`` then raises.
         threshold: similarity (mean cosine to a speaker's utterances) at or above which an utterance is that
             speaker's. Below it for every known speaker, a new speaker is started. Embedder-specific.
         max_speakers: at most this many labels per call; once reached, every utterance joins its closest
@@ -93,7 +95,7 @@ class OnlineSpeakerClustering:
 
     def __init__(
         self,
-        embedder: SpeakerEmbedder,
+        embedder: SpeakerEmbedder | None,
         threshold: float = RESEMBLYZER_THRESHOLD,
         max_speakers: int = 8,
         *,
@@ -118,6 +120,8 @@ class OnlineSpeakerClustering:
 
     # -- Diarizer ---------------------------------------------------------------------------------------------
     def assign(self, segment_audio: np.ndarray) -> tuple[str, float]:
+        if self.embedder is None:
+            raise TypeError("this clustering has no embedder: call assign_embedding() with embeddings")
         return self.assign_embedding(self.embedder.embed(as_mono_float32(segment_audio)))
 
     def reset(self) -> None:

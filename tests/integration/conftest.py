@@ -48,6 +48,7 @@ def app(tmp_path_factory, index_dir, pg_session_database):
             "database_url": pg_session_database,
         },
         port=_free_port(),
+        grpc_port=_free_port(),
         dashboard=False,
         timeout_s=600,
     )

@@ -30,7 +30,7 @@ from models.asr import (
     word_errors,
 )
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.unit  # the tests running real Whisper models are also marked `slow`
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,6 +142,7 @@ def test_unknown_packaged_kind_and_missing_folder() -> None:
         FasterWhisperAsr("/nonexistent/whisper")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine_fixture", ["tiny", "base"])
 def test_faster_whisper_transcribes_synthetic_speech(
     engine_fixture: str, request: pytest.FixtureRequest, speech: list[tuple[str, np.ndarray]]
@@ -175,6 +176,7 @@ def test_short_or_empty_audio_gives_an_empty_transcription(tiny) -> None:
         tiny.transcribe(np.zeros((2, 16000), dtype=np.float32))
 
 
+@pytest.mark.slow
 def test_backend_failure_is_an_asr_error(base_dir: Path, speech: list[tuple[str, np.ndarray]]) -> None:
     from models.asr.whisper import FasterWhisperAsr
 
@@ -192,6 +194,7 @@ def test_unloadable_model_is_unavailable(tmp_path: Path) -> None:
         FasterWhisperAsr(tmp_path)
 
 
+@pytest.mark.slow
 def test_batched_pipeline_matches_the_loop(tiny, speech: list[tuple[str, np.ndarray]]) -> None:
     from models.asr.whisper import FasterWhisperAsr
 
@@ -368,6 +371,7 @@ def test_fallback_batch_capabilities_and_nesting() -> None:
         FallbackAsr([])
 
 
+@pytest.mark.slow
 def test_fallback_over_real_whisper(tiny, speech: list[tuple[str, np.ndarray]]) -> None:
     chain = FallbackAsr([FakeAsr("riva", failures=100, error=AsrUnavailable), tiny])
     text, audio = speech[0]
@@ -446,6 +450,7 @@ def check_transformers_result(result: Transcription, duration: float, name: str)
     assert all(0.0 <= w.start <= w.end <= duration + 1e-6 for w in result.words)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("timestamps", [True, False])
 def test_transformers_whisper_runs_a_local_folder(
     timestamps: bool, tiny_hf_whisper: Path, tmp_path: Path, speech: list[tuple[str, np.ndarray]]

@@ -140,6 +140,10 @@ async def test_two_speaker_call_transcribed_in_order_with_speakers(session_facto
     assert [f["start"] for f in finals] == sorted(f["start"] for f in finals)
     assert all(0 < f["confidence"] <= 1 and f["latency_ms"] >= 0 and f["end"] > f["start"] for f in finals)
     assert {f["speaker"] for f in finals} <= {"S1", "S2", "S3"}
+    for f in finals:  # word timestamps, inside the utterance, in order
+        times = [(w["start"], w["end"]) for w in f["words"]]
+        assert times and all(f["start"] - 0.2 <= s <= e <= f["end"] + 0.2 for s, e in times)
+        assert [s for s, _ in times] == sorted(s for s, _ in times)
     assert attribution(finals, call.turns) >= 0.9
     # finals flow into the same analysis as chat
     assert rec.of("sentiment") and rec.of("assist.suggestion")
