@@ -369,19 +369,25 @@ class SessionStore:
 
     # ------------------------------------------------------------ reads (tenant-scoped)
 
-    async def recordings(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
+    async def _session_rows(
+        self, table: Table, tenant: str, session_id: str, order: Any
+    ) -> list[dict[str, Any]]:
+        """Every row of ``table`` for one session of one tenant, after the queued writes have landed."""
         await self.flush()
 
         def _read() -> list[dict[str, Any]]:
             with self.engine.connect() as conn:
-                rows = conn.execute(
-                    select(recordings)
-                    .where(recordings.c.session_id == session_id, recordings.c.tenant == tenant)
-                    .order_by(recordings.c.part)
+                query = (
+                    select(table)
+                    .where(table.c.session_id == session_id, table.c.tenant == tenant)
+                    .order_by(order)
                 )
-                return [dict(r._mapping) for r in rows]
+                return [dict(r._mapping) for r in conn.execute(query)]
 
         return await asyncio.to_thread(_read)
+
+    async def recordings(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
+        return await self._session_rows(recordings, tenant, session_id, recordings.c.part)
 
     async def get_session(self, tenant: str, session_id: str) -> SessionRow | None:
         await self.flush()
@@ -427,32 +433,11 @@ class SessionStore:
         return await asyncio.to_thread(_read)
 
     async def transcript(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
-        await self.flush()
-
-        def _read() -> list[dict[str, Any]]:
-            with self.engine.connect() as conn:
-                rows = conn.execute(
-                    select(utterances)
-                    .where(utterances.c.session_id == session_id, utterances.c.tenant == tenant)
-                    .order_by(utterances.c.seq)
-                )
-                return [dict(r._mapping) for r in rows]
-
-        return await asyncio.to_thread(_read)
+        return await self._session_rows(utterances, tenant, session_id, utterances.c.seq)
 
     async def session_events(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
-        await self.flush()
-
-        def _read() -> list[dict[str, Any]]:
-            with self.engine.connect() as conn:
-                rows = conn.execute(
-                    select(events.c.payload)
-                    .where(events.c.session_id == session_id, events.c.tenant == tenant)
-                    .order_by(events.c.seq)
-                )
-                return [r.payload if isinstance(r.payload, dict) else json.loads(r.payload) for r in rows]
-
-        return await asyncio.to_thread(_read)
+        rows = await self._session_rows(events, tenant, session_id, events.c.seq)
+        return [r["payload"] if isinstance(r["payload"], dict) else json.loads(r["payload"]) for r in rows]
 
     # ------------------------------------------------------------ the writer
 
