@@ -106,11 +106,18 @@ class LocalRetriever(_Local):
 
 
 def _whisper(spec: str, settings: Settings):
-    from models.asr.whisper import FasterWhisperAsr
+    """`tiny.en` / `base` (packaged), a CTranslate2 folder (faster-whisper), or a Hugging Face transformers
+    Whisper folder (a customer's fine-tune: it has `model.safetensors` or `pytorch_model.bin`)."""
+    from models.asr.whisper import FasterWhisperAsr, TransformersWhisperAsr
 
     if spec in ("tiny.en", "base"):
         return FasterWhisperAsr.packaged(spec, cpu_threads=settings.asr_cpu_threads)
-    return FasterWhisperAsr(Path(spec), cpu_threads=settings.asr_cpu_threads)
+    path = Path(spec)
+    if not path.is_dir():
+        raise FileNotFoundError(f"ASR model {spec!r}: use tiny.en, base, or an existing model folder")
+    if (path / "model.safetensors").exists() or (path / "pytorch_model.bin").exists():
+        return TransformersWhisperAsr(path, cpu_threads=settings.asr_cpu_threads)
+    return FasterWhisperAsr(path, cpu_threads=settings.asr_cpu_threads)
 
 
 def build_asr(settings: Settings) -> dict[str, Any]:

@@ -496,3 +496,23 @@ def test_base_types_import_without_heavy_dependencies() -> None:
         "assert set(asr.__all__) <= set(dir(asr))\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_build_asr_picks_the_backend_from_the_folder(tiny_hf_whisper: Path, tmp_path: Path) -> None:
+    """A customer's own transformers Whisper folder is served through the same builder as the packaged models."""
+    from models.asr.whisper import TransformersWhisperAsr
+    from pipelines.backends import build_asr
+    from pipelines.config import Settings
+
+    engines = build_asr(
+        Settings(
+            data_dir=tmp_path,
+            asr_partial_model=str(tiny_hf_whisper),
+            asr_final_model="tiny.en",
+            asr_backup_model=None,
+        )
+    )
+    assert isinstance(engines["partial"], TransformersWhisperAsr)
+    assert engines["final"].transcribe(np.zeros(16000, np.float32)).text == ""
+    with pytest.raises(FileNotFoundError, match="ASR model"):
+        build_asr(Settings(data_dir=tmp_path, asr_final_model=str(tmp_path / "missing")))
