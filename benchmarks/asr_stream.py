@@ -23,14 +23,18 @@ Definitions (the same for both systems where the metric exists):
   text for the turn). partial.interval_ms: time between successive partial updates (switchboard: partials;
   WhisperLive: segment messages) that arrive while the turn is being spoken.
 - final.client_ms: speech end → arrival of the turn's last final (WhisperLive: the last message that changed
-  the turn's text). final.server_ms: the ``latency_ms`` field of every ``transcript.final`` (switchboard only).
+  the turn's text; the socket is held open after the last frame until a segment reaching the end of the
+  speech has arrived and the transcript has been unchanged for --peer-quiet-s, at most 90 s).
+  final.server_ms: the ``latency_ms`` field of every ``transcript.final`` (switchboard only).
 - wer: corpus WER per call (reference turns joined vs. finals joined in start order), errors and reference
   words summed over calls (``models.asr.metrics.word_errors``).
 - speaker accuracy (switchboard): per call, each S1/S2 label maps to the reference speaker it overlaps most
   in time; share of finals (and of overlapped seconds) whose label maps to the turn's true speaker.
 - server CPU (only when the server runs on this machine: ``--start``, the peer): CPU seconds of the server's
   processes during the run / audio seconds streamed (``cpu_per_audio_s``, a compute real-time factor).
-  end_lag_s: ``session.end`` → ``session.ended`` (WhisperLive: last frame → last transcript change).
+  idle_cpu_per_s: the same processes' CPU seconds per second while idle, measured just before streaming.
+  end_lag_s: ``session.end`` → ``session.ended`` (WhisperLive: last frame → last transcript change; negative
+  when its transcript stopped changing before the call's trailing second of silence had been sent).
 - "concurrent real-time streams" (--sweep): the largest N with final.client_ms p95 <= 2000 ms and WER <= 15 %.
 """
 
@@ -296,6 +300,7 @@ class StreamObs:
     end_lag_s: float | None = None
     errors: dict[str, int] = field(default_factory=dict)
     redactions: int = 0
+    assist_ms: list[float] = field(default_factory=list)  # assist.suggestion latency_ms (analysis per final)
     events: dict[str, int] = field(default_factory=dict)
 
     def err(self, kind: str) -> None:
@@ -356,6 +361,8 @@ async def switchboard_stream(
                             obs.unmatched_finals += 1
                         else:
                             obs.final_at[ti] = now
+                    elif kind == "assist.suggestion" and ev.get("latency_ms") is not None:
+                        obs.assist_ms.append(float(ev["latency_ms"]))
                     elif kind == "redaction":
                         obs.redactions += len(ev.get("entities") or [])
                     elif kind == "error":
@@ -405,7 +412,13 @@ async def whisperlive_stream(url: str, spec: CallSpec, delay_s: float, quiet_s: 
     await asyncio.sleep(delay_s)
     pcm_f32 = np.clip(spec.call.audio, -1, 1).astype("<f4").tobytes()
     try:
-        res = await stream_call(url, pcm_f32, frame_samples=FRAME_SAMPLES, quiet_s=quiet_s)
+        res = await stream_call(
+            url,
+            pcm_f32,
+            frame_samples=FRAME_SAMPLES,
+            quiet_s=quiet_s,
+            speech_end_s=turns[-1].end if turns else None,
+        )
     except Exception as exc:
         obs.err(f"exception:{type(exc).__name__}")
         return obs
@@ -532,11 +545,13 @@ def analyse(spec: CallSpec, obs: StreamObs, *, speakers: bool) -> dict[str, Any]
             "partial_interval_ms": percentiles(interval_ms),
             "final_client_ms": percentiles(final_ms),
             "final_server_ms": percentiles(obs.server_latency_ms),
+            "assist_ms": percentiles(obs.assist_ms) if speakers else None,
             "_raw": {
                 "first": first_ms,
                 "interval": interval_ms,
                 "final": final_ms,
                 "server": obs.server_latency_ms,
+                "assist": obs.assist_ms,
             },
         }
     )
@@ -604,6 +619,7 @@ def summarise(
         "partial_interval_ms": percentiles(pool("interval")),
         "final_client_ms": percentiles(pool("final")),
         "final_server_ms": percentiles(pool("server")) if speakers else None,
+        "assist_ms": percentiles(pool("assist")) if speakers else None,
         "turns": sum(s["turns"] for s in per_stream),
         "turns_without_final": sum(s["turns_without_final"] for s in per_stream),
         "turns_without_partial": sum(s["turns_without_partial"] for s in per_stream),
@@ -622,6 +638,15 @@ def summarise(
 
 # ---------------------------------------------------------------------------------------------------------
 # running
+
+
+def idle_cpu(root: int | None, seconds: float, *, include_root: bool) -> float | None:
+    """CPU seconds per second the idle server burns (Ray's own processes poll even with no traffic)."""
+    if not root or seconds <= 0:
+        return None
+    before = tree_cpu(root, include_root=include_root)["total"]
+    time.sleep(seconds)
+    return round((tree_cpu(root, include_root=include_root)["total"] - before) / seconds, 3)
 
 
 async def run_switchboard(
@@ -680,6 +705,7 @@ def bench_switchboard(args: argparse.Namespace, levels: list[int], specs: list[C
                 or (REPO / ".switchboard" / "dev-token").read_text().strip()
             )
         try:
+            idle = idle_cpu(os.getpid() if running else None, args.idle_s, include_root=False)
             for n in levels:
                 _say(f"switchboard: {n} stream(s) of ~{args.call_seconds:.0f}s")
                 obs, wall, cpu = asyncio.run(
@@ -697,6 +723,8 @@ def bench_switchboard(args: argparse.Namespace, levels: list[int], specs: list[C
                     "switchboard", specs[:n], per, wall, cpu, speakers=True, keep_streams=not args.sweep
                 )
                 results[n]["url"] = url
+                results[n]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+                results[n]["idle_cpu_per_s"] = idle
                 _say(
                     f"switchboard n={n}: WER {results[n]['wer']}, final p95 "
                     f"{results[n]['final_client_ms'].get('p95')} ms, errors {results[n]['error_count']}"
@@ -715,6 +743,7 @@ def bench_whisperlive(args: argparse.Namespace, levels: list[int], specs: list[C
     results: dict[int, dict] = {}
     server = whisperlive_peer.start_server(max(levels))
     try:
+        idle = idle_cpu(server.pid, args.idle_s, include_root=True)
         for n in levels:
             _say(f"whisperlive: {n} stream(s)")
             obs, wall, cpu = asyncio.run(
@@ -730,6 +759,8 @@ def bench_whisperlive(args: argparse.Namespace, levels: list[int], specs: list[C
                     "version": whisperlive_peer.WHISPER_LIVE,
                     "model": str(server.model),
                     "max_clients": server.max_clients,
+                    "loadavg_1m_after": round(os.getloadavg()[0], 2),
+                    "idle_cpu_per_s": idle,
                     "final_definition": "last message that changed the turn's text (no flush on end of audio)",
                     "settings": "WhisperLive defaults: faster_whisper backend, single shared model behind a lock, "
                     "beam_size 5, cpu_threads 0 (CTranslate2: 4 intra threads), its own Silero VAD filter",
@@ -769,6 +800,8 @@ KEY_METRICS = [
     ("partial_interval_p95_ms", lambda s: s["partial_interval_ms"].get("p95")),
     ("speaker_accuracy", lambda s: (s.get("speaker_attribution") or {}).get("accuracy")),
     ("cpu_per_audio_s", lambda s: s.get("cpu_per_audio_s")),
+    ("idle_cpu_per_s", lambda s: s.get("idle_cpu_per_s")),
+    ("assist_p95_ms", lambda s: (s.get("assist_ms") or {}).get("p95")),
     ("end_lag_p50_s", lambda s: (s.get("end_lag_s") or {}).get("p50")),
     ("turns_without_final", lambda s: s["turns_without_final"]),
     ("error_count", lambda s: s["error_count"]),
@@ -860,6 +893,12 @@ def main() -> int:
         "--sweep",
         help="comma-separated concurrency levels (e.g. 1,2,4,8): report the largest N with final p95 <= 2 s "
         "and WER <= 15%% per system",
+    )
+    parser.add_argument(
+        "--idle-s",
+        type=float,
+        default=5.0,
+        help="measure the idle server's CPU for this long before streaming (default %(default)s; 0: skip)",
     )
     parser.add_argument(
         "--no-probe",

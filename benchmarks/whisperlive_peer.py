@@ -275,12 +275,15 @@ async def stream_call(
     *,
     frame_samples: int = 320,
     quiet_s: float = 5.0,
-    max_hold_s: float = 60.0,
+    max_hold_s: float = 90.0,
+    speech_end_s: float | None = None,
     open_timeout: float = 120.0,
 ) -> WlStreamResult:
     """Stream one call (float32 mono 16 kHz bytes) at real-time pace; after the last frame keep the socket
     open until the transcript has not changed for ``quiet_s`` (at most ``max_hold_s``), then END_OF_AUDIO.
-    WhisperLive does not flush on end of audio: what it has not sent by then is lost."""
+    WhisperLive does not flush on end of audio: what it has not sent by then is lost. When the caller knows
+    where the speech ends (``speech_end_s``, audio seconds), the hold also waits until a segment reaching
+    that point has arrived, so a slow transcription pass on a busy machine does not cut the transcript."""
     import websockets
 
     res = WlStreamResult()
@@ -371,9 +374,14 @@ async def stream_call(
         deadline = res.last_frame_at + max_hold_s
         while time.perf_counter() < deadline and not receiver.done():
             last_change = res.changes[-1] if res.changes else res.last_frame_at
-            if time.perf_counter() - max(last_change, res.last_frame_at) >= res.quiet_used_s:
+            covered = speech_end_s is None or any(
+                s["end"] >= speech_end_s - 1.0 for s in (res.segments or [])
+            )
+            if covered and time.perf_counter() - max(last_change, res.last_frame_at) >= res.quiet_used_s:
                 break
             await asyncio.sleep(0.1)
+        if time.perf_counter() >= deadline:
+            err("hold_timeout")
         res.end_sent_at = time.perf_counter()
         with contextlib.suppress(Exception):
             await ws.send(b"END_OF_AUDIO")
