@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     diarization_max_speakers: int = Field(
         default=2, ge=1, le=16, description="Most speakers expected on one mono call (a two-party call: 2)."
     )
+    mono_agent_speaker: str | None = Field(
+        default="S1",
+        description="Mono calls: the speaker label taken to be the agent (the agent usually answers first); its "
+        "turns are transcribed and stored but not analysed. Unset: analyse every speaker.",
+    )
     recordings_url: str | None = Field(
         default=None,
         description="Where call recordings go (fsspec URL, e.g. `s3://bucket/recordings`). "

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from models.asr.base import Word
 
@@ -173,6 +174,14 @@ class Pipeline:
         return result.text
 
     async def process_utterance(
+        self, state: SessionState, emit: Emit, *, analyse: bool = True, **kw: Any
+    ) -> None:
+        """One finished utterance (a chat message or a voice final): guardrail → transcript → analysis."""
+        turn = await self.finalize_utterance(state, emit, **kw)
+        if turn is not None and analyse:
+            await self.analyse(state, turn, emit)
+
+    async def finalize_utterance(
         self,
         state: SessionState,
         emit: Emit,
@@ -186,11 +195,11 @@ class Pipeline:
         message_id: str | None = None,
         utterance_id: str | None = None,
         latency_from: float | None = None,
-        analyse: bool = True,
         words: Sequence[Word] | None = None,
-    ) -> None:
-        """One finished utterance (a chat message or a voice final): guardrail → transcript → analysis.
-        ``latency_from`` is the perf_counter time the latency is measured from (end of speech for voice)."""
+    ) -> Turn | None:
+        """Guardrail → stored, redacted ``transcript.final`` (+ ``redaction``). Returns the redacted turn for
+        analysis, or None when the guardrail blocked it. ``latency_from`` is the perf_counter time latency is
+        measured from (end of speech for voice)."""
         turn = Turn(
             utterance_id=utterance_id or new_id("utt"),
             speaker=speaker,
@@ -202,7 +211,7 @@ class Pipeline:
             redaction = await self.guardrail.run(turn, state)
         except SwitchboardError as exc:
             await self.publish(state, emit, exc.to_event())
-            return
+            return None
 
         self.store.add_utterance(
             utterance_id=turn.utterance_id,
@@ -232,9 +241,10 @@ class Pipeline:
         )
         for ev in redaction:
             await self.publish(state, emit, ev)
-        if not analyse:
-            return  # agent turns are part of the transcript, not analysed
+        return turn
 
+    async def analyse(self, state: SessionState, turn: Turn, emit: Emit) -> None:
+        """Sentiment ∥ planner → assist → escalation for a finalized customer turn."""
         state.turns += 1
         sentiment_events, planner_events = await asyncio.gather(
             self._run(self.sentiment, turn, state, emit), self._run(self.planner, turn, state, emit)

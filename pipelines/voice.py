@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .ports import AsrPort, SpeakerPort
     from .session import Emit, Pipeline, SessionState
+    from .stages.base import Turn
 
 __all__ = ["VoiceSession", "Segment"]
 
@@ -121,6 +122,15 @@ class VoiceSession:
         self._clustering = None
         self._queue: asyncio.Queue[Segment | None] = asyncio.Queue()
         self._worker = asyncio.create_task(self._finals_worker(), name=f"voice-finals-{state.session_id}")
+        self._analysis: asyncio.Queue[Turn | None] = asyncio.Queue()
+        self._analyser = asyncio.create_task(
+            self._analysis_worker(), name=f"voice-analysis-{state.session_id}"
+        )
+        # agent speech is transcribed and stored but not analysed: stereo/telephony know the agent's channel;
+        # on mono calls the first voice heard is taken to be the agent (SWITCHBOARD_MONO_AGENT_SPEAKER)
+        self._agent_labels = {"agent"} | (
+            {settings.mono_agent_speaker} if settings.mono_agent_speaker else set()
+        )
         self.track_decoders = [
             AudioDecoder(decoder.encoding, decoder.sample_rate, 1) for _ in range(decoder.channels)
         ]
@@ -155,7 +165,8 @@ class VoiceSession:
                 self._close_segment(ch, event.time)
         if ch.seg_start is not None and now - ch.last_partial >= self.settings.partial_interval_s:
             ch.last_partial = now
-            if ch.partial_task is None or ch.partial_task.done():
+            # one partial in flight per channel, and none while this session still waits for a final
+            if (ch.partial_task is None or ch.partial_task.done()) and not self.pending_finals:
                 ch.partial_task = asyncio.create_task(self._partial(ch, ch.utterance_id, ch.seg_start, end_t))
         self._trim(ch)
 
@@ -273,7 +284,7 @@ class VoiceSession:
                 if text:
                     ch = self.channels[segment.channel]
                     speaker = await self._speaker_for(ch, segment.audio)
-                    await self.pipeline.process_utterance(
+                    turn = await self.pipeline.finalize_utterance(
                         self.state,
                         self.emit,
                         raw_text=text,
@@ -284,13 +295,23 @@ class VoiceSession:
                         received_at=time.perf_counter(),
                         utterance_id=segment.utterance_id,
                         latency_from=segment.speech_end_wall,
-                        analyse=speaker != "agent",
                         words=result.words,
                     )
+                    if turn is not None and speaker not in self._agent_labels:
+                        self._analysis.put_nowait(
+                            turn
+                        )  # analysed in order, without holding up the next final
             except Exception as exc:  # one utterance must not stop the worker
                 log.error("processing a final failed (%s)", type(exc).__name__)
             finally:
                 self.pending_finals -= 1
+
+    async def _analysis_worker(self) -> None:
+        while (turn := await self._analysis.get()) is not None:
+            try:
+                await self.pipeline.analyse(self.state, turn, self.emit)
+            except Exception as exc:  # analysis of one turn must not stop the next
+                log.error("analysing a final failed (%s)", type(exc).__name__)
 
     # ------------------------------------------------------------ end
 
@@ -303,8 +324,10 @@ class VoiceSession:
                     self._close_segment(ch, event.time)
             if ch.seg_start is not None:
                 self._close_segment(ch, end_t)
-            if ch.partial_task is not None:
-                ch.partial_task.cancel()
+        partials = [ch.partial_task for ch in self.channels if ch.partial_task is not None]
+        for task in partials:
+            task.cancel()
+        await asyncio.gather(*partials, return_exceptions=True)
         self._queue.put_nowait(None)
         try:
             await asyncio.wait_for(asyncio.shield(self._worker), wait_s)
@@ -313,5 +336,7 @@ class VoiceSession:
                 "finals still pending after %.0fs at session end; the recording keeps the audio", wait_s
             )
             self._worker.cancel()
+        self._analysis.put_nowait(None)
+        await self._analyser
         if self.recorder is not None:
             await self.recorder.close()

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from models.asr.base import Transcription
 from models.text.redaction import PiiDetectionError, RedactionResult
 from pipelines.backends import (
     build_asr,
@@ -147,14 +148,23 @@ class Asr(_ModelDeployment):
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
         self.engines = build_asr(self.settings)
+        self._finals_in_flight = 0
         silence = np.zeros(16000, dtype=np.float32)
         for engine in {id(e): e for e in self.engines.values()}.values():
             engine.transcribe(silence)  # load weights and warm caches before the first call
 
     async def transcribe(self, audio: np.ndarray, role: str) -> Any:
         if role == "partial":
+            if self._finals_in_flight:
+                # Finals first: every Whisper call costs a full 30 s window, so a partial now would delay a
+                # final that is already due. The session simply gets its next partial a little later.
+                return Transcription(text="", model="skipped:busy")
             return await self._partial(audio)
-        return await self._final(audio)
+        self._finals_in_flight += 1
+        try:
+            return await self._final(audio)
+        finally:
+            self._finals_in_flight -= 1
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _partial(self, audios: list[np.ndarray]) -> list[Any]:
