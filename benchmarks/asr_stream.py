@@ -60,6 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmarks._stats import percentiles as _percentiles  # noqa: E402
 from models.asr.metrics import word_errors  # noqa: E402
 from serve.client import SessionClient  # noqa: E402
 
@@ -105,22 +106,7 @@ CUSTOMER_LINES = [
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    ordered = sorted(values)
-
-    def pct(p: float) -> float:
-        k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-        return round(ordered[k], 1)
-
-    return {
-        "n": len(ordered),
-        "p50": pct(50),
-        "p95": pct(95),
-        "p99": pct(99),
-        "max": round(ordered[-1], 1),
-        "mean": round(statistics.fmean(ordered), 1),
-    }
+    return _percentiles(values, digits=1)
 
 
 def _say(msg: str) -> None:

@@ -19,13 +19,13 @@ import json
 import os
 import platform
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._stats import percentiles as _percentiles  # noqa: E402
 from serve.client import SessionClient  # noqa: E402
 
 MESSAGES = [
@@ -41,22 +41,7 @@ MESSAGES = [
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    ordered = sorted(values)
-
-    def pct(p: float) -> float:
-        k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-        return round(ordered[k], 2)
-
-    return {
-        "n": len(ordered),
-        "p50": pct(50),
-        "p95": pct(95),
-        "p99": pct(99),
-        "max": round(ordered[-1], 2),
-        "mean": round(statistics.fmean(ordered), 2),
-    }
+    return _percentiles(values, digits=2)
 
 
 async def run(
