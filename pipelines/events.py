@@ -10,7 +10,6 @@ Run ``python -m pipelines.events`` to (re)write the JSON schema in ``schemas/eve
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -284,10 +283,6 @@ def write_schema(path: Path = SCHEMA_PATH) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")
     return path
-
-
-def now_ms() -> float:
-    return time.perf_counter() * 1000.0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -133,9 +133,9 @@ class Pipeline:
         ended = SessionEnded(session_id=state.session_id, summary=summary)
         self._record(state, ended)
         self.store.end_session(state.session_id, state.tenant, status=status)
+        # durable before anyone hears of the end (PROTOCOL: `session.ended` follows the flushed transcript)
+        await self.store.flush()
         if emit is not None:
-            # PROTOCOL: the transcript is durable before the client hears `session.ended`
-            await self.store.flush()
             await emit(ended)
         return ended
 

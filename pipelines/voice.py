@@ -171,10 +171,17 @@ class VoiceSession:
         self._trim(ch)
 
     def _slice(self, ch: _Channel, start: float, end: float) -> np.ndarray:
-        audio = np.concatenate(list(ch.buffer)) if ch.buffer else np.zeros(0, np.float32)
-        a = max(0, int(start * SAMPLE_RATE) - ch.buffer_start)
-        b = max(a, int(end * SAMPLE_RATE) - ch.buffer_start)
-        return audio[a:b]
+        """Samples [start, end) of the channel, copying only the buffered chunks that overlap them."""
+        a, b = int(start * SAMPLE_RATE), int(end * SAMPLE_RATE)
+        parts, pos = [], ch.buffer_start
+        for chunk in ch.buffer:
+            lo, hi = pos, pos + chunk.size
+            if hi > a and lo < b:
+                parts.append(chunk[max(0, a - lo) : min(chunk.size, b - lo)])
+            if hi >= b:
+                break
+            pos = hi
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
     def _trim(self, ch: _Channel) -> None:
         keep_from = (ch.buffer_start + ch.buffered) - int(self.KEEP_S * SAMPLE_RATE)

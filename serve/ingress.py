@@ -168,15 +168,22 @@ class Ingress:
         return Response(wav, media_type="audio/wav")
 
     async def _voice_session(
-        self, state: SessionState, emit: Any, fmt: AudioFormat, speakers: tuple[str | None, ...] | None = None
+        self,
+        state: SessionState,
+        emit: Any,
+        encoding: str,
+        sample_rate: int,
+        channels: int,
+        speakers: tuple[str | None, ...] | None = None,
     ) -> VoiceSession:
+        """``speakers`` names each channel fed separately (telephony tracks); None: by channel count."""
         part = len(await self.store.recordings(state.tenant, state.session_id))
-        channels = len(speakers) if speakers else fmt.channels
+        channels = len(speakers) if speakers else channels
         return VoiceSession(
             self.pipeline,
             state,
             emit,
-            AudioDecoder(fmt.encoding, fmt.sample_rate, channels),
+            AudioDecoder(encoding, sample_rate, channels),
             self.vad,
             self.ports.asr,
             self.ports.speakers,
@@ -274,7 +281,10 @@ class Ingress:
                         state, started = await pipeline.start_session(tenant, event)
                         await emit(started)
                         if state.channel == "voice":
-                            voice = await self._voice_session(state, emit, event.audio or AudioFormat())
+                            fmt = event.audio or AudioFormat()
+                            voice = await self._voice_session(
+                                state, emit, fmt.encoding, fmt.sample_rate, fmt.channels
+                            )
                     elif state is None:
                         raise ProtocolError("send session.start first", code="session_not_started")
                     elif isinstance(event, SessionEnd):
@@ -390,12 +400,7 @@ class Ingress:
                             principal.tenant, SessionStart(channel="voice", customer_id=customer)
                         )
                         speakers = tuple("customer" if t == "inbound" else "agent" for t in tracks)
-                        voice = await self._voice_session(
-                            state,
-                            quiet,
-                            AudioFormat(encoding="mulaw", sample_rate=8000, channels=1),
-                            speakers,
-                        )
+                        voice = await self._voice_session(state, quiet, "mulaw", 8000, 1, speakers)
                     elif kind == "media":
                         if voice is None:
                             raise ProtocolError("`media` before `start`", code="session_not_started")
@@ -426,7 +431,6 @@ class Ingress:
                 await voice.close()
             if state is not None and not state.ended:
                 await self.pipeline.end_session(state, None)
-                await self.store.flush()  # the call's transcript is durable before the stream is closed
         if ws.client_state == WebSocketState.CONNECTED:
             await ws.close(code=1000)
 

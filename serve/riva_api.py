@@ -116,9 +116,7 @@ async def _run_session(
                 state, _ = await ingress.pipeline.start_session(
                     tenant, SessionStart(channel="voice", customer_id="riva-client")
                 )
-                voice = await ingress._voice_session(
-                    state, collector, _AudioFormatLike(encoding, rate, channels)
-                )
+                voice = await ingress._voice_session(state, collector, encoding, rate, channels)
             if chunk:
                 await voice.feed(chunk)
     finally:
@@ -127,13 +125,6 @@ async def _run_session(
         if state is not None:
             await ingress.pipeline.end_session(state, None)
         await collector.queue.put(None)
-
-
-class _AudioFormatLike:
-    """What ``Ingress._voice_session`` reads of an AudioFormat (Riva allows rates the websocket does not)."""
-
-    def __init__(self, encoding: str, sample_rate: int, channels: int) -> None:
-        self.encoding, self.sample_rate, self.channels = encoding, sample_rate, channels
 
 
 async def recognize(ingress: Ingress, request: Any, grpc_context: Any) -> Any:
