@@ -110,14 +110,20 @@ def _whisper(spec: str, settings: Settings):
     Whisper folder (a customer's fine-tune: it has `model.safetensors` or `pytorch_model.bin`)."""
     from models.asr.whisper import FasterWhisperAsr, TransformersWhisperAsr
 
+    options = {
+        "cpu_threads": settings.asr_cpu_threads,
+        "num_workers": settings.asr_workers,
+        "beam_size": settings.asr_final_beam_size,
+        "window_margin_s": settings.asr_window_margin_s,
+    }
     if spec in ("tiny.en", "base"):
-        return FasterWhisperAsr.packaged(spec, cpu_threads=settings.asr_cpu_threads)
+        return FasterWhisperAsr.packaged(spec, **options)
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(f"ASR model {spec!r}: use tiny.en, base, or an existing model folder")
     if (path / "model.safetensors").exists() or (path / "pytorch_model.bin").exists():
         return TransformersWhisperAsr(path, cpu_threads=settings.asr_cpu_threads)
-    return FasterWhisperAsr(path, cpu_threads=settings.asr_cpu_threads)
+    return FasterWhisperAsr(path, **options)
 
 
 def build_asr(settings: Settings) -> dict[str, Any]:
@@ -140,7 +146,12 @@ def build_asr(settings: Settings) -> dict[str, Any]:
     chain.append(engine(settings.asr_final_model))
     if settings.asr_backup_model and settings.asr_backup_model != settings.asr_final_model:
         chain.append(engine(settings.asr_backup_model))
-    return {"final": FallbackAsr(chain, retries=2), "partial": engine(settings.asr_partial_model)}
+    partial = engine(settings.asr_partial_model)
+    if hasattr(partial, "variant"):  # partials: only the text matters, and soon
+        partial = partial.variant(
+            beam_size=settings.asr_partial_beam_size, word_timestamps=False, temperature=0.0
+        )
+    return {"final": FallbackAsr(chain, retries=2), "partial": partial}
 
 
 def build_speaker_embedder(settings: Settings):
@@ -161,10 +172,20 @@ def local_ports(settings: Settings) -> ModelPorts:
 
 
 class LocalAsr(_Local):
-    """``model`` is the dict from ``build_asr`` (role → engine)."""
+    """``model`` is the dict from ``build_asr`` (role → engine); calls go through the same priority queue
+    as the Serve deployment's."""
 
-    async def transcribe(self, audio: np.ndarray, role: str) -> Any:
-        return await self._call(self.model[role].transcribe, audio)
+    def __init__(self, model: Any, workers: int = 1) -> None:
+        super().__init__(model)
+        self.workers = workers
+        self._queue: Any = None
+
+    async def transcribe(self, audio: np.ndarray, role: str, key: str | None = None) -> Any:
+        if self._queue is None:
+            from .asr_queue import AsrQueue
+
+            self._queue = AsrQueue(self.model, workers=self.workers)
+        return await self._queue.transcribe(audio, role, key)
 
 
 class LocalSpeakers(_Local):

@@ -90,7 +90,26 @@ class Settings(BaseSettings):
         default=None,
         description="A customer's NVIDIA Riva server (`host:50051`); when set it is the primary ASR.",
     )
-    asr_cpu_threads: int = Field(default=2, ge=1, le=64, description="CPU threads per Whisper model.")
+    asr_cpu_threads: int = Field(default=1, ge=1, le=64, description="CPU threads per Whisper call.")
+    asr_workers: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Whisper calls one ASR replica runs at once; partials may use all but one of them.",
+    )
+    asr_final_beam_size: int = Field(
+        default=5, ge=1, le=16, description="Beam width for final transcripts (1: greedy, fastest)."
+    )
+    asr_partial_beam_size: int = Field(
+        default=1, ge=1, le=16, description="Beam width for partial transcripts."
+    )
+    asr_window_margin_s: float | None = Field(
+        default=5.0,
+        ge=0,
+        le=30,
+        description="faster-whisper: encode the utterance plus this much silence instead of a 30 s window "
+        "(~2.4x faster on CPU, no WER loss measured). Unset: Whisper's full window.",
+    )
     partial_interval_s: float = Field(
         default=1.0,
         gt=0,

@@ -51,8 +51,9 @@ class RetrieverPort(Protocol):
 
 
 class AsrPort(Protocol):
-    async def transcribe(self, audio: np.ndarray, role: str) -> Transcription:
-        """``role`` is ``partial`` (fast model) or ``final`` (accurate model, with failover)."""
+    async def transcribe(self, audio: np.ndarray, role: str, key: str | None = None) -> Transcription:
+        """``role`` is ``partial`` (fast model) or ``final`` (accurate model, with failover). ``key`` names the
+        stream a partial belongs to: a newer partial for the same key supersedes a waiting one."""
         ...
 
 

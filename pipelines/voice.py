@@ -2,10 +2,17 @@
 utterance pipeline as chat (guardrail → sentiment ∥ planner → assist → escalation → store).
 
 Per channel, a VAD segmenter finds speech. While someone speaks, a partial transcript of the segment so far
-is produced at most every ``partial_interval_s``; at end of speech the segment is queued for its final.
-Finals are transcribed strictly in order by one worker per session. If the ASR service fails, the segment
-stays queued (its audio is kept) and is retried with backoff — replayed when ASR recovers — so the final
-transcript is complete; the client hears one retryable ``asr_unavailable`` error meanwhile.
+is requested every ``partial_interval_s`` (the ASR queue keeps only the newest waiting one per channel); at
+end of speech the segment is queued for its final. Finals are transcribed strictly in order by one worker per
+session. If the ASR service fails, the segment stays queued (its audio is kept) and is retried with backoff —
+replayed when ASR recovers — so the final transcript is complete; the client hears one retryable
+``asr_unavailable`` error meanwhile.
+
+Speculative finals: an utterance ends after ``vad_min_silence_ms`` of silence, but its audio is complete as
+soon as the pause passes the speech pad. The final's transcription (and speaker embedding) starts then, while
+the silence is still being confirmed; if the pause does end the utterance at that point the result is used
+as the final, and if speech resumes it is sent as a partial instead. The silence wait thus overlaps the ASR
+work instead of adding to it.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +46,15 @@ log = logging.getLogger("switchboard.voice")
 
 
 @dataclass
+class _Speculation:
+    utterance_id: str
+    start: float
+    end: float
+    transcript: asyncio.Task[Any]
+    embedding: asyncio.Task[Any] | None
+
+
+@dataclass
 class Segment:
     utterance_id: str
     channel: int
@@ -47,6 +63,7 @@ class Segment:
     audio: np.ndarray
     speech_end_wall: float  # perf_counter when the audio at `end` arrived
     attempts: int = 0
+    speculation: _Speculation | None = None
 
 
 class _WallClock:
@@ -78,7 +95,10 @@ class _Channel:
     seg_start: float | None = None
     utterance_id: str | None = None
     last_partial: float = 0.0
-    partial_task: asyncio.Task[None] | None = None
+    partial_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    partial_seq: int = 0  # requests made; a partial older than the last one sent is dropped
+    partial_sent: int = 0
+    speculation: _Speculation | None = None
     last_speaker: str = "S1"
     clock: _WallClock = field(default_factory=lambda: _WallClock())
 
@@ -160,15 +180,54 @@ class VoiceSession:
         ch.clock.add(end_t, now)
         for event in ch.segmenter.feed(audio):
             if event.kind == "start":
-                ch.seg_start, ch.utterance_id, ch.last_partial = event.time, new_id("utt"), now
+                # the first partial comes half an interval in: a preview is most useful early
+                ch.seg_start, ch.utterance_id = event.time, new_id("utt")
+                ch.last_partial = now - self.settings.partial_interval_s / 2
             elif ch.seg_start is not None:
                 self._close_segment(ch, event.time)
+        if ch.seg_start is not None:
+            pause_end = ch.segmenter.pause_end
+            spec = ch.speculation
+            if pause_end is not None and (spec is None or spec.end != pause_end):
+                self._speculate(ch, pause_end)
+                ch.last_partial = now  # the speculation doubles as this second's partial
+            elif pause_end is None and spec is not None:
+                ch.speculation = None  # speech resumed: what was transcribed so far is a partial
+                self._spawn_partial(ch, self._partial_from(ch, spec, ch.partial_seq))
         if ch.seg_start is not None and now - ch.last_partial >= self.settings.partial_interval_s:
             ch.last_partial = now
-            # one partial in flight per channel, and none while this session still waits for a final
-            if (ch.partial_task is None or ch.partial_task.done()) and not self.pending_finals:
-                ch.partial_task = asyncio.create_task(self._partial(ch, ch.utterance_id, ch.seg_start, end_t))
+            self._spawn_partial(ch, self._partial(ch, ch.utterance_id, ch.seg_start, end_t, ch.partial_seq))
         self._trim(ch)
+
+    def _spawn_partial(self, ch: _Channel, coro: Any) -> None:
+        ch.partial_seq += 1
+        task = asyncio.create_task(coro)
+        ch.partial_tasks.add(task)
+        task.add_done_callback(ch.partial_tasks.discard)
+
+    def _speculate(self, ch: _Channel, end: float) -> None:
+        """Start the final's work for the segment as it would end at ``end`` (see the module docstring)."""
+        self._drop_speculation(ch)
+        audio = self._slice(ch, ch.seg_start or 0.0, end)
+        embedding = None
+        if ch.fixed_speaker is None and self.speakers is not None:
+            embedding = asyncio.create_task(self.speakers.embed(audio))
+        ch.speculation = _Speculation(
+            ch.utterance_id or "",
+            ch.seg_start or 0.0,
+            end,
+            asyncio.create_task(self.asr.transcribe(audio, "final")),
+            embedding,
+        )
+
+    @staticmethod
+    def _drop_speculation(ch: _Channel) -> None:
+        spec, ch.speculation = ch.speculation, None
+        if spec is not None:
+            for task in (spec.transcript, spec.embedding):
+                if task is not None:
+                    task.cancel()
+                    task.add_done_callback(_consume)
 
     def _slice(self, ch: _Channel, start: float, end: float) -> np.ndarray:
         """Samples [start, end) of the channel, copying only the buffered chunks that overlap them."""
@@ -200,25 +259,42 @@ class VoiceSession:
         segment = Segment(
             uid, ch.index, round(start, 3), round(end, 3), self._slice(ch, start, end), ch.clock.at(end)
         )
+        spec = ch.speculation
+        if spec is not None and spec.utterance_id == uid and spec.end == segment.end:
+            segment.speculation, ch.speculation = spec, None
+        else:
+            self._drop_speculation(ch)
         self.pending_finals += 1
         self._queue.put_nowait(segment)
 
     # ------------------------------------------------------------ partials
 
-    async def _partial(self, ch: _Channel, uid: str | None, start: float, end: float) -> None:
+    async def _partial(self, ch: _Channel, uid: str | None, start: float, end: float, seq: int) -> None:
         audio = self._slice(ch, start, end)
         if uid is None or audio.size < SAMPLE_RATE // 4:
             return
+        key = f"{self.state.session_id}/{ch.index}"
+        await self._send_partial(ch, uid, start, end, seq, self.asr.transcribe(audio, "partial", key))
+
+    async def _partial_from(self, ch: _Channel, spec: _Speculation, seq: int) -> None:
+        await self._send_partial(ch, spec.utterance_id, spec.start, spec.end, seq, spec.transcript)
+
+    async def _send_partial(
+        self, ch: _Channel, uid: str, start: float, end: float, seq: int, transcript: Any
+    ) -> None:
         try:
-            result = await self.asr.transcribe(audio, "partial")
+            result = await transcript
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # partials are best-effort; finals carry the guarantee
             log.warning("partial transcription failed (%s)", type(exc).__name__)
             return
-        if not result.text.strip() or uid in self._finalized:
-            return  # nothing heard yet, or the final for this utterance is already out
+        if not result.text.strip() or uid in self._finalized or seq < ch.partial_sent:
+            return  # nothing heard (or superseded), the final is already out, or a newer partial was sent
         text = await self.pipeline.redact_partial(result.text.strip())
-        if text is None or uid in self._finalized:
+        if text is None or uid in self._finalized or seq < ch.partial_sent:
             return
+        ch.partial_sent = seq
         speaker = ch.fixed_speaker or ch.last_speaker
         await self.emit(
             TranscriptPartial(
@@ -228,13 +304,21 @@ class VoiceSession:
 
     # ------------------------------------------------------------ finals
 
-    async def _speaker_for(self, ch: _Channel, audio: np.ndarray) -> str:
+    def _embedding_task(self, ch: _Channel, segment: Segment) -> asyncio.Task[Any] | None:
+        """The segment's voice embedding, computed while its words are transcribed (mono calls only)."""
+        if ch.fixed_speaker is not None or self.speakers is None:
+            return None
+        if segment.speculation is not None and segment.speculation.embedding is not None:
+            return segment.speculation.embedding
+        return asyncio.create_task(self.speakers.embed(segment.audio))
+
+    async def _speaker_for(self, ch: _Channel, embedding_task: asyncio.Task[Any] | None) -> str:
         if ch.fixed_speaker is not None:
             return ch.fixed_speaker
-        if self.speakers is None:
+        if embedding_task is None:
             return ch.last_speaker
         try:
-            embedding = await self.speakers.embed(audio)
+            embedding = await embedding_task
         except Exception as exc:  # diarization is an enrichment: keep the last speaker rather than stall
             log.warning("speaker embedding failed (%s)", type(exc).__name__)
             return ch.last_speaker
@@ -257,7 +341,18 @@ class VoiceSession:
             segment = await self._queue.get()
             if segment is None:
                 return
-            while True:
+            ch = self.channels[segment.channel]
+            embedding = self._embedding_task(ch, segment)
+            result = None
+            if segment.speculation is not None:
+                try:
+                    result = await segment.speculation.transcript
+                except asyncio.CancelledError:
+                    if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                        raise
+                except Exception:  # transcribed again below, with retries and the error event
+                    pass
+            while result is None:
                 try:
                     result = await self.asr.transcribe(segment.audio, "final")
                     break
@@ -288,9 +383,11 @@ class VoiceSession:
             self._finalized.add(segment.utterance_id)  # its final goes out now: no partial after it
             try:
                 text = result.text.strip()
+                if not text and embedding is not None:
+                    embedding.cancel()
+                    embedding.add_done_callback(_consume)
                 if text:
-                    ch = self.channels[segment.channel]
-                    speaker = await self._speaker_for(ch, segment.audio)
+                    speaker = await self._speaker_for(ch, embedding)
                     turn = await self.pipeline.finalize_utterance(
                         self.state,
                         self.emit,
@@ -331,9 +428,11 @@ class VoiceSession:
                     self._close_segment(ch, event.time)
             if ch.seg_start is not None:
                 self._close_segment(ch, end_t)
-        partials = [ch.partial_task for ch in self.channels if ch.partial_task is not None]
+        partials = [task for ch in self.channels for task in ch.partial_tasks]
         for task in partials:
             task.cancel()
+        for ch in self.channels:
+            self._drop_speculation(ch)
         await asyncio.gather(*partials, return_exceptions=True)
         self._queue.put_nowait(None)
         try:
@@ -347,3 +446,9 @@ class VoiceSession:
         await self._analyser
         if self.recorder is not None:
             await self.recorder.close()
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    """Retrieve a dropped task's outcome so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from models.asr.base import Transcription
 from models.text.redaction import PiiDetectionError, RedactionResult
+from pipelines.asr_queue import AsrQueue
 from pipelines.backends import (
     build_asr,
     build_embedder,
@@ -142,37 +142,20 @@ class KnowledgeBase(_ModelDeployment):
 
 @serve.deployment(name="asr", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
 class Asr(_ModelDeployment):
-    """Streaming ASR: ``partial`` calls use the fast model, ``final`` calls the accurate chain with retries and
-    a backup backend. Segments from every session are batched per role."""
+    """Streaming ASR for every session: ``final`` calls use the accurate chain (retries, backup backend),
+    ``partial`` calls the fast model. One priority queue orders the work across sessions (finals first, the
+    newest partial per stream next; see ``pipelines.asr_queue``) and batches finals when the engine batches."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
-        self.engines = build_asr(self.settings)
-        self._finals_in_flight = 0
+        engines = build_asr(self.settings)
         silence = np.zeros(16000, dtype=np.float32)
-        for engine in {id(e): e for e in self.engines.values()}.values():
+        for engine in {id(e): e for e in engines.values()}.values():
             engine.transcribe(silence)  # load weights and warm caches before the first call
+        self.queue = AsrQueue(engines, workers=self.settings.asr_workers)
 
-    async def transcribe(self, audio: np.ndarray, role: str) -> Any:
-        if role == "partial":
-            if self._finals_in_flight:
-                # Finals first: every Whisper call costs a full 30 s window, so a partial now would delay a
-                # final that is already due. The session simply gets its next partial a little later.
-                return Transcription(text="", model="skipped:busy")
-            return await self._partial(audio)
-        self._finals_in_flight += 1
-        try:
-            return await self._final(audio)
-        finally:
-            self._finals_in_flight -= 1
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _partial(self, audios: list[np.ndarray]) -> list[Any]:
-        return await asyncio.to_thread(self.engines["partial"].transcribe_batch, audios)
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _final(self, audios: list[np.ndarray]) -> list[Any]:
-        return await asyncio.to_thread(self.engines["final"].transcribe_batch, audios)
+    async def transcribe(self, audio: np.ndarray, role: str, key: str | None = None) -> Any:
+        return await self.queue.transcribe(audio, role, key)
 
 
 @serve.deployment(name="speaker_embedder", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.2})

@@ -1,9 +1,11 @@
 """Word error rate with a light, documented text normalisation (shared by tests and benchmarks).
 
 Normalisation (both sides): lower case, curly quotes to straight, ``%`` to " percent", ``&`` to " and ",
-hyphens/slashes to spaces, every other punctuation mark dropped (apostrophes inside words are kept:
-"don't" stays one word), numbers 0–99 written as words ("5" → "five", "42" → "forty two"), whitespace collapsed.
-That is deliberately less than Whisper's English normaliser: no spelling variants, no currency or date rules.
+hyphens/slashes to spaces, unambiguous contractions expanded as Whisper's English normaliser does ("I'm" →
+"i am", "don't" → "do not", "won't" → "will not", "we'll" → "we will"; "'s" and "'d" are ambiguous and kept),
+every other punctuation mark dropped (apostrophes inside words are kept: "it's" stays one word), numbers 0–99
+written as words ("5" → "five", "42" → "forty two"), whitespace collapsed. That is deliberately less than
+Whisper's English normaliser: no spelling variants, no currency or date rules.
 For a corpus, sum :func:`word_errors` over utterances and divide (do not average per-utterance WERs).
 """
 
@@ -26,6 +28,18 @@ _SPACED = re.compile(r"[-/_]")
 _DROP = re.compile(r"[^\w\s']")
 _EDGE_APOSTROPHES = re.compile(r"(?<!\w)'|'(?!\w)")
 _NUMBER = re.compile(r"\b\d{1,2}\b")
+_CONTRACTIONS = [
+    (re.compile(r"\bwon't\b"), "will not"),
+    (re.compile(r"\bcan't\b"), "can not"),
+    (re.compile(r"\bcannot\b"), "can not"),
+    (re.compile(r"\bshan't\b"), "shall not"),
+    (re.compile(r"\blet's\b"), "let us"),
+    (re.compile(r"n't\b"), " not"),
+    (re.compile(r"'m\b"), " am"),
+    (re.compile(r"'re\b"), " are"),
+    (re.compile(r"'ve\b"), " have"),
+    (re.compile(r"'ll\b"), " will"),
+]
 
 
 def _number_words(match: re.Match[str]) -> str:
@@ -39,6 +53,8 @@ def _number_words(match: re.Match[str]) -> str:
 def normalize_text(text: str) -> list[str]:
     """The word list WER is computed on (see the module docstring for the rules)."""
     text = text.translate(_QUOTES).lower()
+    for pattern, expansion in _CONTRACTIONS:
+        text = pattern.sub(expansion, text)
     text = text.replace("%", " percent ").replace("&", " and ")
     text = _SPACED.sub(" ", text)
     text = _DROP.sub(" ", text)

@@ -144,6 +144,16 @@ class VadSegmenter:
         return self._speaking
 
     @property
+    def pause_end(self) -> float | None:
+        """While a segment is open and its speaker pauses: the end that segment gets if the pause lasts
+        ``min_silence_ms`` (the pause start plus the speech pad), once that much audio is in; else None.
+        Callers may start work on the segment early (a speculative final) and keep it if the end matches."""
+        if not self._speaking or self._silence_since is None:
+            return None
+        end = self._silence_since + self.speech_pad_s
+        return round(end, 3) if self.time >= end else None
+
+    @property
     def time(self) -> float:
         """Seconds of audio fed so far."""
         return self._samples / SAMPLE_RATE

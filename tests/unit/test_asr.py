@@ -103,7 +103,19 @@ def vad():
 
 
 def test_wer_normalises_case_punctuation_and_small_numbers() -> None:
-    assert normalize_text("Don't  STOP—it's 5%, OK?") == ["don't", "stop", "it's", "five", "percent", "ok"]
+    assert normalize_text("Don't  STOP—it's 5%, OK?") == [
+        "do",
+        "not",
+        "stop",
+        "it's",
+        "five",
+        "percent",
+        "ok",
+    ]
+    assert normalize_text("I'm sure we'll call, I won't forget; they're done, can't wait") == (
+        "i am sure we will call i will not forget they are done can not wait".split()
+    )
+    assert wer("I am calling about this", "I'm calling about this") == 0.0
     assert wer("Hello, world!", "hello world") == 0.0
     assert wer("I have 42 cats", "i have forty two cats") == 0.0
     assert wer("a b c d", "a x c") == pytest.approx(0.5)  # one substitution, one deletion
@@ -516,3 +528,74 @@ def test_build_asr_picks_the_backend_from_the_folder(tiny_hf_whisper: Path, tmp_
     assert engines["final"].transcribe(np.zeros(16000, np.float32)).text == ""
     with pytest.raises(FileNotFoundError, match="ASR model"):
         build_asr(Settings(data_dir=tmp_path, asr_final_model=str(tmp_path / "missing")))
+
+
+# ------------------------------------------------------------------------------ short window, repetitions
+
+
+@pytest.mark.slow
+def test_short_window_transcribes_like_the_full_window(tiny, speech) -> None:
+    """The encoder sees the utterance plus a 5 s margin instead of 30 s; the words and their times agree."""
+    full = tiny.variant()
+    full.window_margin_s = None
+    assert (
+        tiny.window_margin_s == 5.0 and tiny._window_frames(3.2) == 820 and full._window_frames(3.2) is None
+    )
+    assert tiny._window_frames(26.0) is None  # close to 30 s: the normal window
+    for text, audio in speech:
+        short_result, full_result = tiny.transcribe(audio), full.transcribe(audio)
+        assert wer(text, short_result.text) <= 0.2, (text, short_result.text)
+        assert wer(full_result.text, short_result.text) <= 0.15, (full_result.text, short_result.text)
+        assert short_result.words[-1].end == pytest.approx(full_result.words[-1].end, abs=0.3)
+
+
+@pytest.mark.slow
+def test_variant_shares_the_model_with_other_decoding(tiny, speech) -> None:
+    text, audio = speech[0]
+    preview = tiny.variant(beam_size=1, word_timestamps=False, temperature=0.0)
+    assert preview._model is tiny._model and tiny.beam_size == 1 and tiny.word_timestamps
+    result = preview.transcribe(audio)
+    assert wer(text, result.text) <= 0.2 and result.words == () and 0 < result.confidence <= 1
+    assert not preview.capabilities.word_timestamps and tiny.capabilities.word_timestamps
+
+
+def test_immediately_repeated_phrases_are_kept_once() -> None:
+    from models.asr.whisper import _repeat_free, _token_budget
+
+    def clean(text: str) -> str:
+        tokens = text.split()
+        return " ".join(tokens[i] for i in _repeat_free(tokens))
+
+    looped = "I need a refill of my prescription. I need a refill of my prescription. I"
+    assert clean(looped) == "I need a refill of my prescription. I"
+    assert clean("Please, please help me. Please help me now") == "Please, please help me. Please help me now"
+    assert clean("no no no no") == "no no no no"  # a short phrase repeated is speech, not a decoder loop
+    assert clean("one two three four one two three four five") == "one two three four five"
+    assert clean("a b c d A B C D a b c d") == "a b c d"  # repeats of the repeat, case-insensitively
+    assert clean("") == ""
+    assert _token_budget(0.5) < _token_budget(3.0) < _token_budget(30.0) <= 220
+
+
+# ------------------------------------------------------------------------------------ VAD pause end
+
+
+def test_pause_end_announces_the_end_the_segment_will_get(vad, speech) -> None:
+    """While a pause runs, ``pause_end`` already names the end the segment gets if the pause lasts: the
+    voice session starts the final's transcription there (a speculative final)."""
+    from models.asr.vad import VadSegmenter
+
+    first, second = speech[1][1], speech[3][1]
+    audio = np.concatenate([silence(0.5), first, silence(1.0), second, silence(1.0)])
+    segmenter = VadSegmenter(vad, min_silence_ms=300)
+    announced: list[float] = []
+    ends: list[float] = []
+    for i in range(0, len(audio), 320):
+        events = segmenter.feed(audio[i : i + 320])
+        ends += [e.time for e in events if e.kind == "end"]
+        if segmenter.pause_end is not None and (not announced or announced[-1] != segmenter.pause_end):
+            announced.append(segmenter.pause_end)
+        if segmenter.pause_end is not None:
+            assert segmenter.pause_end <= segmenter.time  # the audio up to it is in
+    assert len(ends) == 2
+    assert set(ends) <= set(announced)  # every end was announced before it was confirmed
+    assert segmenter.pause_end is None and not segmenter.is_speaking

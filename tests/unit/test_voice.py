@@ -260,3 +260,33 @@ async def test_recording_is_encrypted_and_reads_back(session_factory, settings, 
     assert rate == 16000 and abs(audio.size - short_call.audio.size) < 400
     assert np.abs(audio[: short_call.audio.size] - short_call.audio[: audio.size]).max() < 2e-3
     assert await recordings.read_wav("other-tenant", state.session_id) is None
+
+
+class CountingAsr:
+    """The real ASR port, recording the role and length of every call."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, []
+
+    async def transcribe(self, audio, role, key=None):
+        self.calls.append((role, audio.size))
+        return await self.inner.transcribe(audio, role, key)
+
+
+async def test_speculative_finals_are_used_not_transcribed_twice(session_factory, call, voice_models):
+    """A final's transcription starts when the pause passes the speech pad; when the pause then ends the
+    utterance, that result is the final: no segment goes through the final model twice."""
+    make, _, _ = session_factory
+    counting = CountingAsr(voice_models["asr"])
+    voice, rec, _ = await make(asr=counting)
+    await stream(voice, call.pcm16(), realtime=True)
+    finals = rec.of("transcript.final")
+    assert wer(" ".join(t.text for t in call.turns), " ".join(f["text"] for f in finals)) <= 0.15
+    final_sizes = [size for role, size in counting.calls if role == "final"]
+    for f in finals:
+        size = int(f["end"] * 16000) - int(f["start"] * 16000)
+        assert final_sizes.count(size) == 1, (
+            f"the segment {f['start']}-{f['end']} was transcribed twice or never"
+        )
+    # speculations that speech interrupted were not wasted: they went out as partials
+    assert len(final_sizes) >= len(finals) and rec.of("transcript.partial")
