@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import sqlalchemy
 import websockets
+from scipy.signal import resample_poly
 
 from models.asr.metrics import wer
 from pipelines.audio import mulaw_encode
@@ -135,7 +136,9 @@ async def test_bad_audio_is_refused_and_nothing_accepted_is_lost(app, call):
 
 async def test_twilio_media_stream(app, call, pg_session_database):
     ws_url = app.ws_url.replace("/v1/sessions", f"/v1/twilio?token={app.token}")
-    ulaw = mulaw_encode((call.audio[::2] * 32767).astype(np.int16))  # 8 kHz μ-law, as telephony sends it
+    # 8 kHz μ-law, as telephony sends it: band-limited before sampling (a plain [::2] would alias)
+    narrow = np.clip(resample_poly(call.audio, 1, 2), -1.0, 1.0)
+    ulaw = mulaw_encode((narrow * 32767).astype(np.int16))
     async with websockets.connect(ws_url) as ws:
         await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
         await ws.send(
