@@ -109,6 +109,7 @@ def _whisper(spec: str, settings: Settings):
     """`tiny.en` / `base` (packaged), a CTranslate2 folder (faster-whisper), or a Hugging Face transformers
     Whisper folder (a customer's fine-tune: it has `model.safetensors` or `pytorch_model.bin`)."""
     from models.asr.whisper import FasterWhisperAsr, TransformersWhisperAsr
+    from models.registry import download_model_folder, is_mlflow_uri
 
     options = {
         "cpu_threads": settings.asr_cpu_threads,
@@ -118,12 +119,20 @@ def _whisper(spec: str, settings: Settings):
     }
     if spec in ("tiny.en", "base"):
         return FasterWhisperAsr.packaged(spec, **options)
-    path = Path(spec)
+    if is_mlflow_uri(spec):  # a folder registered in MLflow (`python -m pipelines.registry register-folder`)
+        path = download_model_folder(
+            spec, tracking_uri=settings.resolved_mlflow_uri, cache_dir=settings.data_dir / "model-cache"
+        )
+        name = spec
+    else:
+        path, name = Path(spec), None
     if not path.is_dir():
-        raise FileNotFoundError(f"ASR model {spec!r}: use tiny.en, base, or an existing model folder")
+        raise FileNotFoundError(
+            f"ASR model {spec!r}: use tiny.en, base, an existing model folder, or an MLflow models:/ URI"
+        )
     if (path / "model.safetensors").exists() or (path / "pytorch_model.bin").exists():
-        return TransformersWhisperAsr(path, cpu_threads=settings.asr_cpu_threads)
-    return FasterWhisperAsr(path, **options)
+        return TransformersWhisperAsr(path, name=name, cpu_threads=settings.asr_cpu_threads)
+    return FasterWhisperAsr(path, name=name, **options)
 
 
 def build_asr(settings: Settings) -> dict[str, Any]:

@@ -74,13 +74,19 @@ class Settings(BaseSettings):
     voice: bool = Field(
         default=True, description="Serve voice sessions (ASR, VAD, diarization deployments). Off: chat only."
     )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking/registry URI (a server in production). Unset: SQLite `<data_dir>/mlflow.db`, "
+        "artifacts in `<data_dir>/mlartifacts`, no server.",
+    )
     asr_partial_model: str = Field(
         default="tiny.en",
-        description="Whisper for partial transcripts: `tiny.en` or `base` (packaged), or a CTranslate2 folder path.",
+        description="Whisper for partial transcripts: `tiny.en` or `base` (packaged), a CTranslate2 or transformers "
+        "folder, or an MLflow URI (`models:/whisper_asr@champion`).",
     )
     asr_final_model: str = Field(
         default="tiny.en",
-        description="Whisper for final transcripts (`base` is more accurate, ~2x slower on CPU), or a folder path.",
+        description="Whisper for final transcripts: as the partial model (`base` is ~2x slower on CPU).",
     )
     asr_backup_model: str | None = Field(
         default="tiny.en",
@@ -152,6 +158,14 @@ class Settings(BaseSettings):
     @property
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'switchboard.db').resolve()}"
+
+    @property
+    def resolved_mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        return (self.data_dir / "mlartifacts").resolve()
 
     @property
     def resolved_index_dir(self) -> Path:
