@@ -66,10 +66,6 @@ class AsrQueue:
         self._workers_running = 0
         self.stats = {"finals": 0, "partials": 0, "partials_skipped": 0}
 
-    @property
-    def pending(self) -> int:
-        return len(self._finals) + len(self._partials)
-
     async def transcribe(self, audio: np.ndarray, role: str, key: str | None = None) -> Transcription:
         """Queue one segment; ``key`` names the stream a partial belongs to (one waiting partial per key)."""
         if role not in self.engines:
@@ -86,7 +82,7 @@ class AsrQueue:
         if self._workers_running < self.workers:
             self._workers_running += 1  # counted down by the worker itself, in the step it decides to stop
             worker = asyncio.get_running_loop().create_task(self._run(), name="asr-queue")
-            self._running.add(worker)
+            self._running.add(worker)  # a reference, so the task is not garbage-collected mid-call
             worker.add_done_callback(self._running.discard)
         return await job.future
 
@@ -153,19 +149,11 @@ class AsrQueue:
             audio_s = sum(j.audio.size for j in jobs) / 16000
             if took > max(2.0, audio_s):
                 log.warning(
-                    "slow ASR call: %s of %.1f s audio took %.1f s (every stream waited)", role, audio_s, took
+                    "slow ASR call: %s of %.1f s audio took %.1f s (calls queued behind it waited)",
+                    role,
+                    audio_s,
+                    took,
                 )
             for job, result in zip(jobs, results, strict=True):
                 if not job.future.done():
                     job.future.set_result(result)
-
-    async def close(self) -> None:
-        workers = list(self._running)
-        for worker in workers:
-            worker.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-        for job in [*self._finals, *self._partials.values()]:
-            if not job.future.done():
-                job.future.cancel()
-        self._finals.clear()
-        self._partials.clear()

@@ -155,7 +155,6 @@ class VoiceSession:
             AudioDecoder(decoder.encoding, decoder.sample_rate, 1) for _ in range(decoder.channels)
         ]
         self._asr_error_reported = False
-        self.pending_finals = 0
         self._finalized: set[str] = set()  # utterances whose final is out: later partials are dropped
 
     # ------------------------------------------------------------ audio in
@@ -264,7 +263,6 @@ class VoiceSession:
             segment.speculation, ch.speculation = spec, None
         else:
             self._drop_speculation(ch)
-        self.pending_finals += 1
         self._queue.put_nowait(segment)
 
     # ------------------------------------------------------------ partials
@@ -402,13 +400,10 @@ class VoiceSession:
                         words=result.words,
                     )
                     if turn is not None and speaker not in self._agent_labels:
-                        self._analysis.put_nowait(
-                            turn
-                        )  # analysed in order, without holding up the next final
+                        # analysed in order, without holding up the next final
+                        self._analysis.put_nowait(turn)
             except Exception as exc:  # one utterance must not stop the worker
                 log.error("processing a final failed (%s)", type(exc).__name__)
-            finally:
-                self.pending_finals -= 1
 
     async def _analysis_worker(self) -> None:
         while (turn := await self._analysis.get()) is not None:
