@@ -43,12 +43,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import platform
 import random
-import socket
 import statistics
 import sys
 import time
@@ -60,6 +58,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmarks._server import add_server_args, server  # noqa: E402
 from benchmarks._stats import percentiles as _percentiles  # noqa: E402
 from models.asr.metrics import word_errors  # noqa: E402
 from serve.client import SessionClient  # noqa: E402
@@ -661,65 +660,36 @@ async def run_whisperlive(
     return list(obs), wall, cpu_delta(before, after)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_switchboard(args: argparse.Namespace, levels: list[int], specs: list[CallSpec]) -> dict[int, dict]:
     """Every concurrency level against one switchboard (launched here with --start)."""
     results: dict[int, dict] = {}
-    running = None
-    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON result
-        if args.start:
-            os.environ.setdefault("SWITCHBOARD_RAY_LOG_TO_DRIVER", "0")
-            from serve.run import launch
-
-            t = time.perf_counter()
-            kwargs: dict[str, Any] = {"dashboard": False, "port": args.port or _free_port()}
-            if "grpc_port" in inspect.signature(launch).parameters:
-                kwargs["grpc_port"] = _free_port()  # do not collide with another local app's gRPC port
-            running = launch(**kwargs)
-            _say(f"switchboard up in {time.perf_counter() - t:.0f}s at {running.ws_url}")
-            url, token = running.ws_url, running.token
-        else:
-            url = args.url
-            token = (
-                args.token
-                or os.environ.get("SWITCHBOARD_DEV_TOKEN")
-                or (REPO / ".switchboard" / "dev-token").read_text().strip()
+    # stdout carries only the JSON result
+    with contextlib.redirect_stdout(sys.stderr), server(args) as target:
+        url, token = target.url, target.token
+        idle = idle_cpu(target.pid, args.idle_s, include_root=False)
+        for n in levels:
+            _say(f"switchboard: {n} stream(s) of ~{args.call_seconds:.0f}s")
+            obs, wall, cpu = asyncio.run(
+                run_switchboard(
+                    url,
+                    token,
+                    specs[:n],
+                    args.stagger_s,
+                    args.end_timeout_s,
+                    target.pid,
+                )
             )
-        try:
-            idle = idle_cpu(os.getpid() if running else None, args.idle_s, include_root=False)
-            for n in levels:
-                _say(f"switchboard: {n} stream(s) of ~{args.call_seconds:.0f}s")
-                obs, wall, cpu = asyncio.run(
-                    run_switchboard(
-                        url,
-                        token,
-                        specs[:n],
-                        args.stagger_s,
-                        args.end_timeout_s,
-                        os.getpid() if running else None,
-                    )
-                )
-                per = [analyse(sp, o, speakers=True) for sp, o in zip(specs[:n], obs, strict=True)]
-                results[n] = summarise(
-                    "switchboard", specs[:n], per, wall, cpu, speakers=True, keep_streams=not args.sweep
-                )
-                results[n]["url"] = url
-                results[n]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
-                results[n]["idle_cpu_per_s"] = idle
-                _say(
-                    f"switchboard n={n}: WER {results[n]['wer']}, final p95 "
-                    f"{results[n]['final_client_ms'].get('p95')} ms, errors {results[n]['error_count']}"
-                )
-        finally:
-            if running is not None:
-                from serve.run import shutdown
-
-                shutdown()
+            per = [analyse(sp, o, speakers=True) for sp, o in zip(specs[:n], obs, strict=True)]
+            results[n] = summarise(
+                "switchboard", specs[:n], per, wall, cpu, speakers=True, keep_streams=not args.sweep
+            )
+            results[n]["url"] = url
+            results[n]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+            results[n]["idle_cpu_per_s"] = idle
+            _say(
+                f"switchboard n={n}: WER {results[n]['wer']}, final p95 "
+                f"{results[n]['final_client_ms'].get('p95')} ms, errors {results[n]['error_count']}"
+            )
     return results
 
 
@@ -727,13 +697,13 @@ def bench_whisperlive(args: argparse.Namespace, levels: list[int], specs: list[C
     import whisperlive_peer
 
     results: dict[int, dict] = {}
-    server = whisperlive_peer.start_server(max(levels))
+    peer = whisperlive_peer.start_server(max(levels))
     try:
-        idle = idle_cpu(server.pid, args.idle_s, include_root=True)
+        idle = idle_cpu(peer.pid, args.idle_s, include_root=True)
         for n in levels:
             _say(f"whisperlive: {n} stream(s)")
             obs, wall, cpu = asyncio.run(
-                run_whisperlive(server.url, specs[:n], args.stagger_s, args.peer_quiet_s, server.pid)
+                run_whisperlive(peer.url, specs[:n], args.stagger_s, args.peer_quiet_s, peer.pid)
             )
             per = [analyse(sp, o, speakers=False) for sp, o in zip(specs[:n], obs, strict=True)]
             results[n] = summarise(
@@ -741,10 +711,10 @@ def bench_whisperlive(args: argparse.Namespace, levels: list[int], specs: list[C
             )
             results[n].update(
                 {
-                    "url": server.url,
+                    "url": peer.url,
                     "version": whisperlive_peer.WHISPER_LIVE,
-                    "model": str(server.model),
-                    "max_clients": server.max_clients,
+                    "model": str(peer.model),
+                    "max_clients": peer.max_clients,
                     "loadavg_1m_after": round(os.getloadavg()[0], 2),
                     "idle_cpu_per_s": idle,
                     "final_definition": "last message that changed the turn's text (no flush on end of audio)",
@@ -756,10 +726,10 @@ def bench_whisperlive(args: argparse.Namespace, levels: list[int], specs: list[C
                 f"whisperlive n={n}: WER {results[n]['wer']}, final p95 "
                 f"{results[n]['final_client_ms'].get('p95')} ms, errors {results[n]['error_count']}"
             )
-            if server.process.poll() is not None:
-                raise RuntimeError(f"WhisperLive died:\n{server.log_tail()}")
+            if peer.process.poll() is not None:
+                raise RuntimeError(f"WhisperLive died:\n{peer.log_tail()}")
     finally:
-        server.stop()
+        peer.stop()
     return results
 
 
@@ -831,16 +801,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--url", default="ws://127.0.0.1:8000/v1/sessions", help="websocket URL of a running server"
-    )
-    parser.add_argument(
-        "--token", help="bearer token (default: $SWITCHBOARD_DEV_TOKEN or .switchboard/dev-token)"
-    )
-    parser.add_argument(
-        "--start", action="store_true", help="launch the app locally for the run, stop it after"
-    )
-    parser.add_argument("--port", type=int, help="HTTP port for --start (default: a free port)")
+    add_server_args(parser)
     parser.add_argument("--streams", type=int, default=4, help="concurrent streams (default %(default)s)")
     parser.add_argument(
         "--call-seconds",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._server import add_server_args, server  # noqa: E402
 from benchmarks._stats import percentiles as _percentiles  # noqa: E402
 from serve.client import SessionClient  # noqa: E402
 
@@ -146,15 +147,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--url", default="ws://127.0.0.1:8000/v1/sessions", help="websocket URL of a running server"
-    )
-    parser.add_argument(
-        "--token", help="bearer token (default: $SWITCHBOARD_DEV_TOKEN or .switchboard/dev-token)"
-    )
-    parser.add_argument(
-        "--start", action="store_true", help="launch the app locally for the run, stop it after"
-    )
+    add_server_args(parser)
     parser.add_argument("--sessions", type=int, default=50, help="concurrent sessions (default %(default)s)")
     parser.add_argument("--messages", type=int, default=5, help="messages per session (default %(default)s)")
     parser.add_argument(
@@ -176,31 +169,12 @@ def main() -> int:
         print(json.dumps(compare(a, b), indent=2))
         return 0
 
-    running = None
     # stdout carries only the JSON result: Ray's own prints go to stderr
-    with contextlib.redirect_stdout(sys.stderr):
-        if args.start:
-            os.environ.setdefault("SWITCHBOARD_RAY_LOG_TO_DRIVER", "0")
-            from serve.run import launch
-
-            running = launch(dashboard=False)
-            url, token = running.ws_url, running.token
-        else:
-            url = args.url
-            token = (
-                args.token
-                or os.environ.get("SWITCHBOARD_DEV_TOKEN")
-                or Path(".switchboard/dev-token").read_text().strip()
-            )
-        try:
-            result = asyncio.run(
-                run(url, token, args.sessions, args.messages, args.think_ms, args.connect_rate)
-            )
-        finally:
-            if running is not None:
-                from serve.run import shutdown
-
-                shutdown()
+    with contextlib.redirect_stdout(sys.stderr), server(args) as target:
+        url = target.url
+        result = asyncio.run(
+            run(target.url, target.token, args.sessions, args.messages, args.think_ms, args.connect_rate)
+        )
     result = {
         "benchmark": "chat_load",
         "label": args.label or f"{args.sessions}x{args.messages}",
