@@ -13,7 +13,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["MLFLOW_SCHEMES", "is_mlflow_uri", "download_model_folder", "find_model_folder"]
+__all__ = [
+    "MLFLOW_SCHEMES",
+    "is_mlflow_uri",
+    "resolve_model_uri",
+    "download_model_folder",
+    "find_model_folder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +29,29 @@ WHISPER_MARKERS = ("model.bin", "model.safetensors", "pytorch_model.bin")
 
 def is_mlflow_uri(spec: str) -> bool:
     return spec.startswith(MLFLOW_SCHEMES)
+
+
+def resolve_model_uri(uri: str, *, tracking_uri: str | None) -> str | None:
+    """``models:/NAME@ALIAS`` → ``models:/NAME/VERSION`` (None when the name or alias is not registered, or
+    there is no store at all: ``tracking_uri`` None). Other URIs are returned as they are. Raises when the
+    registry cannot be reached, so a caller can tell "not registered" from "registry down"."""
+    if not (uri.startswith("models:/") and "@" in uri):
+        return uri
+    if tracking_uri is None:
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name, alias = uri[len("models:/") :].split("@", 1)
+    try:
+        version = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version_by_alias(
+            name, alias
+        )
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+    return f"models:/{name}/{version.version}"
 
 
 def find_model_folder(root: Path, markers: Sequence[str] = WHISPER_MARKERS) -> Path:
@@ -50,21 +79,15 @@ def download_model_folder(
     """
     try:
         import mlflow
-        from mlflow import MlflowClient
     except ImportError as exc:  # pragma: no cover - mlflow is a base dependency
         raise ImportError("loading models from MLflow needs mlflow: `pip install mlflow==3.17.2`") from exc
 
-    resolved = uri
-    if uri.startswith("models:/") and "@" in uri:
-        name, alias = uri[len("models:/") :].split("@", 1)
-        try:
-            version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias)
-        except Exception as exc:
-            raise FileNotFoundError(
-                f"MLflow has no model {name!r} with alias {alias!r} at {tracking_uri or 'the default store'}: "
-                "register one (`python -m pipelines.registry register-folder --help`)"
-            ) from exc
-        resolved = f"models:/{name}/{version.version}"
+    resolved = resolve_model_uri(uri, tracking_uri=tracking_uri or mlflow.get_tracking_uri())
+    if resolved is None:
+        raise FileNotFoundError(
+            f"MLflow has no model {uri} at {tracking_uri or 'the default store'}: register one "
+            "(`python -m pipelines.registry register-folder --help`; text models: `python -m pipelines.training --help`)"
+        )
     key = hashlib.sha256(f"{tracking_uri}|{resolved}".encode()).hexdigest()[:16]
     target = Path(cache_dir).expanduser() / key
     if target.is_dir():

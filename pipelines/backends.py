@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.retrieval.index import ArticleIndex, Hit
-from models.text.intent import IntentPrediction, SimilarityIntentModel
-from models.text.sentiment import LexiconSentiment, SentimentScore
+from models.text.intent import IntentPrediction
+from models.text.sentiment import SentimentScore
 
 from .config import Settings
-from .indexing import INTENT_FILE
+from .model_services import IntentService, RetrieverService, SearchResult, SentimentService
 from .ports import ModelPorts
 
 if TYPE_CHECKING:
@@ -46,8 +45,9 @@ def build_guardrail(settings: Settings) -> PiiDetector:
     return PiiDetector(spacy_model=settings.spacy_model)
 
 
-def build_sentiment(settings: Settings) -> LexiconSentiment:
-    return LexiconSentiment()
+def build_sentiment(settings: Settings) -> SentimentService:
+    """The registered ``sentiment_classifier`` (hot-reloaded), VADER rules when none is registered."""
+    return SentimentService(settings)
 
 
 def build_embedder(settings: Settings) -> MiniLMEmbedder:
@@ -56,18 +56,14 @@ def build_embedder(settings: Settings) -> MiniLMEmbedder:
     return MiniLMEmbedder(settings.embedding_model_path)
 
 
-def build_intent(settings: Settings) -> SimilarityIntentModel:
-    path = settings.resolved_index_dir / INTENT_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no intent examples index at {path}: run `python -m pipelines.indexing build` (make does it for you)"
-        )
-    data = np.load(path)
-    return SimilarityIntentModel(data["vectors"], [str(x) for x in data["labels"]])
+def build_intent(settings: Settings) -> IntentService:
+    """The registered ``intent_classifier``, embedding similarity to the labelled examples otherwise."""
+    return IntentService(settings)
 
 
-def build_retriever(settings: Settings) -> ArticleIndex:
-    return ArticleIndex.load(settings.resolved_index_dir)
+def build_retriever(settings: Settings) -> RetrieverService:
+    """FAISS over the KB index, reranked by the registered ``kb_reranker`` when there is one."""
+    return RetrieverService(settings)
 
 
 class _Local:
@@ -86,8 +82,8 @@ class LocalGuardrail(_Local):
 
 
 class LocalSentiment(_Local):
-    async def score(self, text: str) -> SentimentScore:
-        return (await self._call(self.model.score_batch, [text]))[0]
+    async def score(self, text: str, variant: str = "champion") -> SentimentScore:
+        return (await self._call(self.model.score_batch, [text], [variant]))[0]
 
 
 class LocalEmbedder(_Local):
@@ -96,13 +92,22 @@ class LocalEmbedder(_Local):
 
 
 class LocalIntent(_Local):
-    async def predict(self, text: str, vector: np.ndarray) -> IntentPrediction:
-        return (await self._call(self.model.predict_batch, [text], np.atleast_2d(vector)))[0]
+    async def predict(self, text: str, vector: np.ndarray, variant: str = "champion") -> IntentPrediction:
+        return (await self._call(self.model.predict_batch, [text], np.atleast_2d(vector), [variant]))[0]
 
 
 class LocalRetriever(_Local):
-    async def search(self, vector: np.ndarray, k: int, prefer: str | None = None) -> list[Hit]:
-        return (await self._call(self.model.search_batch, np.atleast_2d(vector), k, [prefer]))[0]
+    async def search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        prefer: str | None = None,
+        text: str | None = None,
+        variant: str = "champion",
+    ) -> SearchResult:
+        return (
+            await self._call(self.model.search_batch, np.atleast_2d(vector), k, [prefer], [text], [variant])
+        )[0]
 
 
 def _whisper(spec: str, settings: Settings):

@@ -125,6 +125,9 @@ class SessionStarted(_Event):
     tenant: str
     channel: Channel
     resumed: bool = False
+    variant: str | None = Field(
+        default=None, description="A/B arm of this session's models (champion or challenger)"
+    )
 
 
 class TranscriptPartial(_Event):
@@ -184,6 +187,7 @@ class Sentiment(_Event):
     score: float = Field(ge=-1.0, le=1.0)
     emotions: dict[str, float] | None = None
     model: str
+    variant: str | None = Field(default=None, description="A/B arm that scored it: champion, challenger or rules")
 
 
 class Entity(BaseModel):
@@ -203,6 +207,7 @@ class Intent(_Event):
         default=None, description="best raw guess when confidence fell below threshold"
     )
     model: str = "rules"
+    variant: str | None = Field(default=None, description="A/B arm that predicted it: champion, challenger or rules")
 
 
 class Article(BaseModel):
@@ -222,6 +227,9 @@ class Suggestion(_Event):
     source: Literal["generated", "cache", "articles_only"]
     latency_ms: float
     fallback: str | None = Field(default=None, description="set when a degraded path produced it")
+    reranker: str | None = Field(
+        default=None, description="cross-encoder (name@version) that ordered the articles; unset: FAISS order"
+    )
 
 
 class Escalation(_Event):

@@ -13,10 +13,11 @@ if TYPE_CHECKING:
 
     from models.asr.base import Transcription
     from models.diarization.base import SpeakerEmbedding
-    from models.retrieval.index import Hit
     from models.text.intent import IntentPrediction
     from models.text.redaction import RedactionResult
     from models.text.sentiment import SentimentScore
+
+    from .model_services import SearchResult
 
 __all__ = [
     "GuardrailPort",
@@ -35,7 +36,9 @@ class GuardrailPort(Protocol):
 
 
 class SentimentPort(Protocol):
-    async def score(self, text: str) -> SentimentScore: ...
+    async def score(self, text: str, variant: str = "champion") -> SentimentScore:
+        """``variant``: the session's A/B arm (``champion`` or ``challenger``)."""
+        ...
 
 
 class EmbedderPort(Protocol):
@@ -43,11 +46,20 @@ class EmbedderPort(Protocol):
 
 
 class IntentPort(Protocol):
-    async def predict(self, text: str, vector: np.ndarray) -> IntentPrediction: ...
+    async def predict(self, text: str, vector: np.ndarray, variant: str = "champion") -> IntentPrediction: ...
 
 
 class RetrieverPort(Protocol):
-    async def search(self, vector: np.ndarray, k: int, prefer: str | None = None) -> list[Hit]: ...
+    async def search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        prefer: str | None = None,
+        text: str | None = None,
+        variant: str = "champion",
+    ) -> SearchResult:
+        """Top-``k`` articles; with ``text`` the registered reranker reorders FAISS's candidates."""
+        ...
 
 
 class AsrPort(Protocol):

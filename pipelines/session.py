@@ -32,8 +32,10 @@ from .events import (
     _Event,
     new_id,
 )
+from .metrics import count_prediction, count_shadow
 from .ports import ModelPorts
 from .review import ReviewQueue
+from .served import assign_variant
 from .stages.assist import AssistStage
 from .stages.base import Stage, Turn
 from .stages.escalation import EscalationRules, EscalationStage
@@ -65,6 +67,7 @@ class SessionState:
     suggestions: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.perf_counter)
     ended: bool = False
+    variant: str = "champion"  # A/B arm for this session's models
 
     def clock(self) -> float:
         """Seconds since the session (this connection) started."""
@@ -112,11 +115,21 @@ class Pipeline:
                 suggestions=set(row.suggestion_ids),
             )
             self.store.reopen_session(row.id, tenant)
-            started = SessionStarted(session_id=row.id, tenant=tenant, channel=row.channel, resumed=True)  # type: ignore[arg-type]
+            state.variant = assign_variant(row.id, self.settings)
+            started = SessionStarted(
+                session_id=row.id,
+                tenant=tenant,
+                channel=row.channel,  # type: ignore[arg-type]
+                resumed=True,
+                variant=state.variant,
+            )
         else:
             state = SessionState(new_id("ses"), tenant, start.customer_id, start.channel)
+            state.variant = assign_variant(state.session_id, self.settings)
             self.store.create_session(state.session_id, tenant, start.customer_id, start.channel)
-            started = SessionStarted(session_id=state.session_id, tenant=tenant, channel=start.channel)
+            started = SessionStarted(
+                session_id=state.session_id, tenant=tenant, channel=start.channel, variant=state.variant
+            )
         self._record(state, started)
         return state, started
 
@@ -269,6 +282,35 @@ class Pipeline:
                     priority=ev.priority,
                 )
             await self.publish(state, emit, ev)
+        self._account(state, turn)
+
+    def _account(self, state: SessionState, turn: Turn) -> None:
+        """Count which model and variant served each stage; record shadow-challenger results in the session
+        log (never sent) with whether they agreed with what was shown."""
+        for stage, result in turn.predictions.items():
+            if stage == "assist":
+                model, variant = result.reranker or "faiss", result.variant
+            else:
+                model, variant = result.model, result.variant or "rules"
+            count_prediction(stage, model, variant)
+            shadow = getattr(result, "shadow", None)
+            if shadow is None:
+                continue
+            field_name = "label" if stage == "sentiment" else "intent"
+            shown, scored = getattr(result, field_name), getattr(shadow, field_name)
+            count_shadow(stage, model, shadow.model, shown == scored)
+            self._record(
+                state,
+                {
+                    "type": "shadow",
+                    "stage": stage,
+                    "utterance_id": turn.utterance_id,
+                    "model": shadow.model,
+                    field_name: scored,
+                    "shown": {"model": model, field_name: shown},
+                    "agree": shown == scored,
+                },
+            )
 
     async def handle_feedback(self, state: SessionState, fb: SuggestionFeedback, emit: Emit) -> None:
         if fb.suggestion_id not in state.suggestions:

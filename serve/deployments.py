@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -82,13 +83,27 @@ class Guardrail(_ModelDeployment):
 
 @serve.deployment(name="sentiment", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.1})
 class Sentiment(_ModelDeployment):
+    """The registered sentiment classifier (champion, and challenger for A/B or shadow), reloaded when its
+    MLflow alias moves; VADER rules when none is registered."""
+
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
         self.model = build_sentiment(self.settings)
 
+    async def score(self, text: str, variant: str = "champion") -> Any:
+        return await self._score((text, variant))
+
     @serve.batch(**_BATCH)
-    async def score(self, texts: list[str]) -> list[Any]:
-        return await asyncio.to_thread(self.model.score_batch, texts)
+    async def _score(self, items: list[tuple[str, str]]) -> list[Any]:
+        return await asyncio.to_thread(self.model.score_batch, [t for t, _ in items], [v for _, v in items])
+
+    async def models(self) -> dict[str, str]:
+        """variant → the model it serves (name@version or rules)."""
+        return self.model.served.describe()
+
+    async def refresh(self) -> list[str]:
+        """Re-resolve the aliases now instead of at the next poll."""
+        return await asyncio.to_thread(self.model.served.refresh)
 
 
 @serve.deployment(name="embedder", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.3})
@@ -108,36 +123,64 @@ class Embedder(_ModelDeployment):
 
 @serve.deployment(name="intent", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.1})
 class IntentClassifier(_ModelDeployment):
+    """The registered intent classifier (hot-reloaded like ``sentiment``); embedding similarity otherwise."""
+
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
         self.model = build_intent(self.settings)
 
-    async def predict(self, text: str, vector: np.ndarray) -> Any:
-        return await self._predict((text, vector))
+    async def predict(self, text: str, vector: np.ndarray, variant: str = "champion") -> Any:
+        return await self._predict((text, vector, variant))
 
     @serve.batch(**_BATCH)
-    async def _predict(self, items: list[tuple[str, np.ndarray]]) -> list[Any]:
-        texts = [t for t, _ in items]
-        vectors = np.stack([v for _, v in items])
-        return self.model.predict_batch(texts, vectors)
+    async def _predict(self, items: list[tuple[str, np.ndarray, str]]) -> list[Any]:
+        texts = [t for t, _, _ in items]
+        vectors = np.stack([v for _, v, _ in items])
+        return await asyncio.to_thread(self.model.predict_batch, texts, vectors, [v for _, _, v in items])
+
+    async def models(self) -> dict[str, str]:
+        return self.model.served.describe()
+
+    async def refresh(self) -> list[str]:
+        return await asyncio.to_thread(self.model.served.refresh)
 
 
 @serve.deployment(name="knowledge_base", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.1})
 class KnowledgeBase(_ModelDeployment):
-    """FAISS search over the embedded knowledge base."""
+    """FAISS search over the embedded knowledge base, reranked by the registered cross-encoder."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
         self.model = build_retriever(self.settings)
 
-    async def search(self, vector: np.ndarray, k: int, prefer: str | None = None) -> list[Any]:
-        return await self._search((vector, k, prefer))
+    async def search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        prefer: str | None = None,
+        text: str | None = None,
+        variant: str = "champion",
+    ) -> Any:
+        return await self._search((vector, k, prefer, text, variant))
 
     @serve.batch(**_BATCH)
-    async def _search(self, items: list[tuple[np.ndarray, int, str | None]]) -> list[Any]:
-        k = max(k for _, k, _ in items)
-        hits = self.model.search_batch(np.stack([v for v, _, _ in items]), k, [p for _, _, p in items])
-        return [h[:k_i] for h, (_, k_i, _) in zip(hits, items, strict=True)]
+    async def _search(self, items: list[tuple[np.ndarray, int, str | None, str | None, str]]) -> list[Any]:
+        k = max(item[1] for item in items)
+        results = await asyncio.to_thread(
+            self.model.search_batch,
+            np.stack([item[0] for item in items]),
+            k,
+            [item[2] for item in items],
+            [item[3] for item in items],
+            [item[4] for item in items],
+        )
+        return [replace(r, hits=r.hits[: item[1]]) for r, item in zip(results, items, strict=True)]
+
+    async def models(self) -> dict[str, str]:
+        return self.model.reranker.describe()
+
+    async def refresh(self) -> list[str]:
+        return await asyncio.to_thread(self.model.reranker.refresh)
 
 
 @serve.deployment(name="asr", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})

@@ -38,6 +38,8 @@ class IntentPrediction:
     confidence: float
     scores: dict[str, float] = field(default_factory=dict)
     model: str = "rules"
+    variant: str | None = None  # champion / challenger / rules (set by the serving layer)
+    shadow: IntentPrediction | None = None  # the shadow challenger's prediction (recorded, never shown)
 
 
 class IntentModel(Protocol):

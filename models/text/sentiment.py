@@ -21,6 +21,8 @@ class SentimentScore:
     score: float  # -1 ... 1
     model: str  # "rules" or "name@version"
     emotions: dict[str, float] | None = field(default=None)
+    variant: str | None = None  # champion / challenger / rules (set by the serving layer)
+    shadow: SentimentScore | None = None  # the shadow challenger's score (recorded, never shown)
 
 
 class SentimentModel(Protocol):

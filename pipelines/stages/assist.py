@@ -33,7 +33,12 @@ class AssistStage(Stage):
         self._recent: OrderedDict[str, list[Hit]] = OrderedDict()  # intent -> last good hits
 
     def _suggestion(
-        self, turn: Turn, state: SessionState, hits: list[Hit], fallback: str | None = None
+        self,
+        turn: Turn,
+        state: SessionState,
+        hits: list[Hit],
+        fallback: str | None = None,
+        reranker: str | None = None,
     ) -> list:
         suggestion_id = new_id("sug")
         state.suggestions.add(suggestion_id)
@@ -46,19 +51,24 @@ class AssistStage(Stage):
                 source="articles_only",
                 latency_ms=round((time.perf_counter() - turn.received_at) * 1000.0, 2),
                 fallback=fallback,
+                reranker=reranker,
             )
         ]
 
     async def process(self, turn: Turn, state: SessionState) -> list:
         if turn.vector is None:
             turn.vector = await self.embedder.embed(turn.redacted)
-        hits = await self.retriever.search(turn.vector, self.top_k, turn.intent)
+        result = await self.retriever.search(
+            turn.vector, self.top_k, turn.intent, turn.redacted, state.variant
+        )
+        hits = result.hits
+        turn.predictions["assist"] = result
         if hits:
             self._recent[turn.intent or "other"] = hits
             self._recent.move_to_end(turn.intent or "other")
             while len(self._recent) > 64:
                 self._recent.popitem(last=False)
-        return self._suggestion(turn, state, hits)
+        return self._suggestion(turn, state, hits, reranker=result.reranker)
 
     async def fallback(self, turn: Turn, state: SessionState, error: BaseException) -> list:
         hits = self._recent.get(turn.intent or "other")

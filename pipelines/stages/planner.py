@@ -32,6 +32,7 @@ class PlannerStage(Stage):
         handed_off = prediction.confidence < self.threshold
         turn.intent = "human_agent" if handed_off else prediction.intent
         turn.intent_confidence = prediction.confidence
+        turn.predictions["planner"] = prediction
         return [
             Intent(
                 utterance_id=turn.utterance_id,
@@ -40,13 +41,14 @@ class PlannerStage(Stage):
                 entities=[Entity(type=t, value=v) for t, v in extract_entities(turn.redacted)],
                 predicted=prediction.intent if handed_off and prediction.intent != "human_agent" else None,
                 model=prediction.model,
+                variant=prediction.variant or "rules",
             )
         ]
 
     async def process(self, turn: Turn, state: SessionState) -> list:
         if turn.vector is None:
             turn.vector = await self.embedder.embed(turn.redacted)
-        return self._event(turn, await self.intent.predict(turn.redacted, turn.vector))
+        return self._event(turn, await self.intent.predict(turn.redacted, turn.vector, state.variant))
 
     async def fallback(self, turn: Turn, state: SessionState, error: BaseException) -> list:
         return self._event(turn, rule_intent(turn.redacted))

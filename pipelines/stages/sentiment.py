@@ -30,6 +30,7 @@ class SentimentStage(Stage):
 
     def _event(self, turn: Turn, score: SentimentScore) -> list:
         turn.sentiment = score
+        turn.predictions["sentiment"] = score
         return [
             Sentiment(
                 utterance_id=turn.utterance_id,
@@ -37,19 +38,22 @@ class SentimentStage(Stage):
                 score=score.score,
                 emotions=score.emotions,
                 model=score.model,
+                variant=score.variant,
             )
         ]
 
     async def process(self, turn: Turn, state: SessionState) -> list:
-        return self._event(turn, await self.backend.score(turn.redacted))
+        return self._event(turn, await self.backend.score(turn.redacted, state.variant))
 
     async def fallback(self, turn: Turn, state: SessionState, error: BaseException) -> list:
         try:
             if self._rules is None:
                 self._rules = LexiconSentiment()
             score = self._rules.score(turn.redacted)
-            score = SentimentScore(label=score.label, score=score.score, model="rules:fallback")
+            score = SentimentScore(
+                label=score.label, score=score.score, model="rules:fallback", variant="rules"
+            )
         except Exception as exc:  # the last resort is neutral, never a missing event
             log.warning("rule sentiment failed too (%s); neutral", type(exc).__name__)
-            score = SentimentScore(label="neutral", score=0.0, model="neutral:fallback")
+            score = SentimentScore(label="neutral", score=0.0, model="neutral:fallback", variant="rules")
         return self._event(turn, score)
