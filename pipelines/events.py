@@ -187,7 +187,9 @@ class Sentiment(_Event):
     score: float = Field(ge=-1.0, le=1.0)
     emotions: dict[str, float] | None = None
     model: str
-    variant: str | None = Field(default=None, description="A/B arm that scored it: champion, challenger or rules")
+    variant: str | None = Field(
+        default=None, description="A/B arm that scored it: champion, challenger or rules"
+    )
 
 
 class Entity(BaseModel):
@@ -207,7 +209,9 @@ class Intent(_Event):
         default=None, description="best raw guess when confidence fell below threshold"
     )
     model: str = "rules"
-    variant: str | None = Field(default=None, description="A/B arm that predicted it: champion, challenger or rules")
+    variant: str | None = Field(
+        default=None, description="A/B arm that predicted it: champion, challenger or rules"
+    )
 
 
 class Article(BaseModel):
@@ -239,6 +243,10 @@ class Escalation(_Event):
     queue: str
     priority: Literal["low", "normal", "high", "urgent"]
     rule: str | None = None
+    factors: list[str] | None = Field(
+        default=None,
+        description="feature rules (customer value, history) that raised the priority or rerouted",
+    )
 
 
 class ErrorEvent(_Event):

@@ -6,7 +6,7 @@ deployment handles with the same method names (``serve.handles``). The pipeline 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,6 +27,7 @@ __all__ = [
     "RetrieverPort",
     "AsrPort",
     "SpeakerPort",
+    "FeaturePort",
     "ModelPorts",
 ]
 
@@ -73,6 +74,16 @@ class SpeakerPort(Protocol):
     async def embed(self, audio: np.ndarray) -> SpeakerEmbedding | None:
         """A voice embedding for one utterance (None when there is too little speech to tell)."""
         ...
+
+
+class FeaturePort(Protocol):
+    """The customer's online features (Feast). Never raises: defaults on timeout or error."""
+
+    async def online(self, customer_id: str) -> Any: ...
+
+    async def push_session_async(
+        self, customer_id: str, *, duration_s: float, sentiment_avg: float | None, escalated: int
+    ) -> Any: ...
 
 
 class ModelPorts:

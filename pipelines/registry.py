@@ -8,12 +8,15 @@ server); set ``SWITCHBOARD_MLFLOW_TRACKING_URI`` for a tracking server.
 
     python -m pipelines.registry register-folder /models/whisper-large-v3-ct2 --name whisper_asr --semver 3.0.0
     python -m pipelines.registry list
+    python -m pipelines.registry promote sentiment_classifier       # challenger → champion
+    python -m pipelines.registry set-alias sentiment_classifier champion 3   # roll back
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -22,7 +25,15 @@ from typing import Any
 
 from .config import Settings
 
-__all__ = ["EXPERIMENT", "FolderModel", "register_folder", "mlflow_store", "main"]
+__all__ = [
+    "EXPERIMENT",
+    "FolderModel",
+    "register_folder",
+    "mlflow_store",
+    "set_alias",
+    "promote_challenger",
+    "main",
+]
 
 log = logging.getLogger("switchboard.registry")
 
@@ -33,21 +44,39 @@ try:  # the pyfunc wrapper needs mlflow at class-definition time; serving code n
     import mlflow.pyfunc
 
     class FolderModel(mlflow.pyfunc.PythonModel):
-        """A registered Whisper folder; ``predict`` transcribes float32 16 kHz mono arrays (for `mlflow models
-        serve` and batch scoring). switchboard itself only downloads the ``weights`` artifact."""
+        """A registered model folder, usable with `mlflow models serve` and batch scoring; switchboard itself
+        only downloads the ``weights`` artifact.
 
-        def load_context(self, context: Any) -> None:
-            from models.asr.whisper import FasterWhisperAsr, TransformersWhisperAsr
+        - a Whisper folder: ``predict`` transcribes float32 16 kHz mono arrays;
+        - a text classifier (``switchboard.json`` kind ``sequence_classifier``): ``predict`` labels texts;
+        - a cross-encoder (kind ``cross_encoder``): ``predict`` scores ``[query, passage]`` pairs."""
 
+        def load_context(self, context):  # noqa: ANN001 - MLflow's own signature
             folder = Path(context.artifacts["weights"])
-            hf = (folder / "model.safetensors").exists() or (folder / "pytorch_model.bin").exists()
-            self.engine = TransformersWhisperAsr(folder) if hf else FasterWhisperAsr(folder)
+            manifest = folder / "switchboard.json"
+            self.kind = json.loads(manifest.read_text())["kind"] if manifest.exists() else "whisper"
+            if self.kind == "sequence_classifier":
+                from models.text.classifier import SequenceClassifier
 
-        def predict(
-            self, context: Any, model_input: list[Any], params: dict[str, Any] | None = None
-        ) -> list[str]:
+                self.engine = SequenceClassifier(folder)
+            elif self.kind == "cross_encoder":
+                from models.retrieval.reranker import CrossEncoderReranker
+
+                self.engine = CrossEncoderReranker(folder)
+            else:
+                from models.asr.whisper import FasterWhisperAsr, TransformersWhisperAsr
+
+                hf = (folder / "model.safetensors").exists() or (folder / "pytorch_model.bin").exists()
+                self.engine = TransformersWhisperAsr(folder) if hf else FasterWhisperAsr(folder)
+
+        def predict(self, context, model_input, params=None):  # noqa: ANN001
             import numpy as np
 
+            if self.kind == "sequence_classifier":
+                probs = self.engine.predict_proba([str(t) for t in model_input])
+                return [self.engine.labels[int(i)] for i in probs.argmax(axis=1)]
+            if self.kind == "cross_encoder":
+                return [float(self.engine.score(q, [p])[0]) for q, p in model_input]
             return [self.engine.transcribe(np.asarray(audio, dtype=np.float32)).text for audio in model_input]
 
 except ImportError:  # pragma: no cover - mlflow is a base dependency
@@ -117,6 +146,31 @@ def register_folder(
     return version
 
 
+def set_alias(name: str, alias: str, version: str, settings: Settings) -> str:
+    """Point ``alias`` of ``name`` at ``version``; replicas load it at their next poll (``model_refresh_s``)."""
+    with mlflow_store(settings) as client:
+        try:
+            client.get_model_version(name, str(version))
+        except Exception as exc:
+            raise LookupError(
+                f"{name} has no version {version} (see `python -m pipelines.registry list`)"
+            ) from exc
+        client.set_registered_model_alias(name, alias, str(version))
+    return f"models:/{name}@{alias} -> version {version}"
+
+
+def promote_challenger(name: str, settings: Settings) -> str:
+    """The challenger becomes the champion; the challenger alias is removed (the A/B test is over)."""
+    with mlflow_store(settings) as client:
+        try:
+            version = client.get_model_version_by_alias(name, "challenger").version
+        except Exception as exc:
+            raise LookupError(f"{name} has no @challenger to promote") from exc
+        client.set_registered_model_alias(name, "champion", version)
+        client.delete_registered_model_alias(name, "challenger")
+    return f"models:/{name}@champion -> version {version} (challenger alias removed)"
+
+
 def _list(settings: Settings) -> list[dict[str, Any]]:
     rows = []
     with mlflow_store(settings) as client:
@@ -152,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     reg.add_argument("--semver", help="semantic version tag, e.g. 1.2.0")
     reg.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra version tag")
     sub.add_parser("list", help="registered models, versions and aliases")
+    promote = sub.add_parser(
+        "promote", help="make the challenger the champion (serving picks it up at its next alias poll)"
+    )
+    promote.add_argument("name", help="registered model name, e.g. sentiment_classifier")
+    alias = sub.add_parser("set-alias", help="point an alias at a version (e.g. roll back the champion)")
+    alias.add_argument("name")
+    alias.add_argument("alias", help="champion or challenger")
+    alias.add_argument("version", help="version number")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = Settings()
@@ -170,6 +232,18 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"models:/{args.name}/{version}" + (f"  (models:/{args.name}@{args.alias})" if args.alias else "")
         )
+        return 0
+    if args.command in ("promote", "set-alias"):
+        try:
+            moved = (
+                promote_challenger(args.name, settings)
+                if args.command == "promote"
+                else set_alias(args.name, args.alias, args.version, settings)
+            )
+        except (LookupError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(moved)
         return 0
     for row in _list(settings):
         print(f"{row['name']:<28} v{row['version']:<5} {row['alias']:<12} {row['semver']}")

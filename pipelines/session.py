@@ -18,6 +18,7 @@ from typing import Any
 
 from models.asr.base import Word
 
+from .analytics import CallSignals, quality_summary
 from .config import Settings
 from .errors import ProtocolError, SwitchboardError
 from .events import (
@@ -27,13 +28,14 @@ from .events import (
     SessionEnded,
     SessionStart,
     SessionStarted,
+    Suggestion,
     SuggestionFeedback,
     TranscriptFinal,
     _Event,
     new_id,
 )
 from .metrics import count_prediction, count_shadow
-from .ports import ModelPorts
+from .ports import FeaturePort, ModelPorts
 from .review import ReviewQueue
 from .served import assign_variant
 from .stages.assist import AssistStage
@@ -68,6 +70,12 @@ class SessionState:
     started: float = field(default_factory=time.perf_counter)
     ended: bool = False
     variant: str = "champion"  # A/B arm for this session's models
+    signals: CallSignals = field(default_factory=CallSignals)  # for the post-call analytics
+    features: asyncio.Task | None = None  # the customer's online features, fetched at session start
+
+    async def customer_features(self) -> Any:
+        """The online features (None when no feature store is configured). The read has its own timeout."""
+        return None if self.features is None else await self.features
 
     def clock(self) -> float:
         """Seconds since the session (this connection) started."""
@@ -76,11 +84,17 @@ class SessionState:
 
 class Pipeline:
     def __init__(
-        self, ports: ModelPorts, store: SessionStore, review: ReviewQueue, settings: Settings
+        self,
+        ports: ModelPorts,
+        store: SessionStore,
+        review: ReviewQueue,
+        settings: Settings,
+        features: FeaturePort | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.ports = ports
+        self.features = features
         t = settings.stage_timeout_s
         self.guardrail = GuardrailStage(ports.guardrail, review, timeout_s=t)
         self.sentiment = SentimentStage(ports.sentiment, timeout_s=t)
@@ -130,6 +144,8 @@ class Pipeline:
             started = SessionStarted(
                 session_id=state.session_id, tenant=tenant, channel=start.channel, variant=state.variant
             )
+        if self.features is not None:
+            state.features = asyncio.create_task(self.features.online(state.customer_id))
         self._record(state, started)
         return state, started
 
@@ -137,12 +153,27 @@ class Pipeline:
         self, state: SessionState, emit: Emit | None, *, status: str = "ended"
     ) -> SessionEnded:
         state.ended = True
-        summary = {
+        duration = state.clock()
+        summary: dict[str, Any] = {
             "turns": state.turns,
             "escalations": state.escalations,
             "sentiment_avg": round(state.sentiment_sum / state.turns, 4) if state.turns else None,
-            "duration_s": state.clock(),
+            "duration_s": duration,
+            "variant": state.variant,
         }
+        summary["quality"] = quality_summary(
+            state.signals, channel=state.channel, duration_s=duration, escalations=state.escalations
+        )
+        self.store.add_session_analytics(
+            session_id=state.session_id,
+            tenant=state.tenant,
+            customer_id=state.customer_id,
+            channel=state.channel,
+            summary=summary,
+            variant=state.variant,
+        )
+        if self.features is not None:
+            await self._push_features(state, summary)
         ended = SessionEnded(session_id=state.session_id, summary=summary)
         self._record(state, ended)
         self.store.end_session(state.session_id, state.tenant, status=status)
@@ -151,6 +182,27 @@ class Pipeline:
         if emit is not None:
             await emit(ended)
         return ended
+
+    async def _push_features(self, state: SessionState, summary: dict[str, Any]) -> None:
+        """Fold this session into the customer's history features (Feast push source). A feature store
+        that is down costs the update, never the session end; the daily job recomputes from the store."""
+        assert self.features is not None
+        try:
+            await asyncio.wait_for(
+                self.features.push_session_async(
+                    state.customer_id,
+                    duration_s=summary["duration_s"],
+                    sentiment_avg=summary["sentiment_avg"],
+                    escalated=state.escalations,
+                ),
+                timeout=max(1.0, self.settings.stage_timeout_s),
+            )
+        except Exception as exc:
+            log.warning(
+                "feature push failed (%s); the daily job will catch up",
+                type(exc).__name__,
+                extra={"session_id": state.session_id},
+            )
 
     # ------------------------------------------------------------ events in
 
@@ -226,6 +278,7 @@ class Pipeline:
             await self.publish(state, emit, exc.to_event())
             return None
 
+        state.signals.utterance(turn.speaker, start, end)
         self.store.add_utterance(
             utterance_id=turn.utterance_id,
             session_id=state.session_id,
@@ -267,11 +320,16 @@ class Pipeline:
             state.negative_streak = state.negative_streak + 1 if turn.sentiment.label == "negative" else 0
         for ev in [*sentiment_events, *planner_events]:
             await self.publish(state, emit, ev)
+        state.signals.customer_turn(
+            turn.redacted, turn.sentiment.score if turn.sentiment is not None else None, turn.intent
+        )
         for ev in await self._run(self.assist, turn, state, emit):
+            state.signals.suggestions += isinstance(ev, Suggestion)
             await self.publish(state, emit, ev)
         for ev in await self._run(self.escalation, turn, state, emit):
             if isinstance(ev, Escalation):
                 state.escalations += 1
+                state.signals.escalation_priorities.append(ev.priority)
                 self.store.add_escalation(
                     session_id=state.session_id,
                     tenant=state.tenant,
@@ -318,6 +376,7 @@ class Pipeline:
                 f"suggestion {fb.suggestion_id} was not sent in this session", code="unknown_suggestion"
             )
         record = fb.model_dump(mode="json", exclude_none=True)
+        state.signals.feedback[fb.action] += 1
         if fb.final_text:
             # The agent's edited text is stored too, so it passes the guardrail like any other text.
             turn = Turn(

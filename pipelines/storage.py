@@ -134,8 +134,30 @@ recordings = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+# Post-call analytics, one row per ended session (a resumed and re-ended session gets a new row; the
+# latest is the current one).
+session_analytics = Table(
+    "session_analytics",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(64), nullable=False, index=True),
+    Column("tenant", String(64), nullable=False, index=True),
+    Column("customer_id", String(128), nullable=False, index=True),
+    Column("channel", String(16), nullable=False),
+    Column("quality_score", Float, nullable=False),
+    Column("duration_s", Float, nullable=False),
+    Column("sentiment_avg", Float),
+    Column("escalations", Integer, nullable=False),
+    Column("variant", String(16)),
+    Column("summary", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 _REJECTED = (IntegrityError, DataError, ProgrammingError)
-_INSERT = {t.name: insert(t) for t in (sessions, utterances, events, escalations, review_items, recordings)}
+_INSERT = {
+    t.name: insert(t)
+    for t in (sessions, utterances, events, escalations, review_items, recordings, session_analytics)
+}
 
 
 def _now() -> datetime:
@@ -324,6 +346,37 @@ class SessionStore:
                 created_at=_now(),
             ),
         )
+
+    def add_session_analytics(
+        self,
+        *,
+        session_id: str,
+        tenant: str,
+        customer_id: str,
+        channel: str,
+        summary: dict[str, Any],
+        variant: str | None = None,
+    ) -> None:
+        """The session's post-call analytics (``session.ended.summary``, with its ``quality`` score)."""
+        self._enqueue(
+            _INSERT["session_analytics"],
+            dict(
+                session_id=session_id,
+                tenant=tenant,
+                customer_id=customer_id,
+                channel=channel,
+                quality_score=float(summary["quality"]["score"]),
+                duration_s=float(summary["duration_s"]),
+                sentiment_avg=summary.get("sentiment_avg"),
+                escalations=int(summary["escalations"]),
+                variant=variant,
+                summary=summary,
+                created_at=_now(),
+            ),
+        )
+
+    async def session_analytics(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
+        return await self._session_rows(session_analytics, tenant, session_id, session_analytics.c.id)
 
     def add_review_item(
         self, *, session_id: str, tenant: str, utterance_id: str, reason: str, nonce: bytes, ciphertext: bytes

@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..analytics import sentiment_trend
 from ..events import Escalation
 from .base import Stage, Turn
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["EscalationRules", "EscalationStage", "Rule"]
 
 Priority = Literal["low", "normal", "high", "urgent"]
+PRIORITIES: tuple[Priority, ...] = ("low", "normal", "high", "urgent")
 
 
 class Conditions(BaseModel):
@@ -42,6 +44,29 @@ class Rule(BaseModel):
     repeat: bool = False
 
 
+class FeatureConditions(BaseModel):
+    """Conditions on the customer's online features (Feast) and this session's sentiment; all must hold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_lifetime_value: float | None = None
+    min_escalation_history: int | None = Field(default=None, ge=0)
+    max_historical_sentiment: float | None = Field(default=None, ge=-1.0, le=1.0)
+    sentiment_falling: bool = False  # this session's customer sentiment trend is below zero
+
+
+class FeatureRule(BaseModel):
+    """Raises the priority (``bump`` levels) and/or reroutes (``queue``) an escalation that fired."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    when: FeatureConditions
+    bump: int = Field(default=0, ge=0, le=3)
+    queue: str | None = None
+    reason: str
+
+
 class Queue(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +79,7 @@ class EscalationRules(BaseModel):
     default_queue: str = "supervisor"
     queues: dict[str, Queue] = Field(default_factory=dict)
     rules: list[Rule]
+    feature_rules: list[FeatureRule] = Field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> EscalationRules:
@@ -102,8 +128,32 @@ class EscalationStage(Stage):
             return queue, None
         return self.rules.default_queue, f"{queue} has no one available"
 
+    def _feature_rules(self, features: Any, state: SessionState) -> list[FeatureRule]:
+        if features is None or getattr(features, "source", "default") != "online":
+            return []  # defaults say nothing about this customer
+        trend = sentiment_trend(state.signals.sentiments)
+        matched = []
+        for rule in self.rules.feature_rules:
+            w = rule.when
+            if w.min_lifetime_value is not None and features.customer_lifetime_value < w.min_lifetime_value:
+                continue
+            if (
+                w.min_escalation_history is not None
+                and features.escalation_history_count < w.min_escalation_history
+            ):
+                continue
+            if (
+                w.max_historical_sentiment is not None
+                and features.historical_sentiment_avg > w.max_historical_sentiment
+            ):
+                continue
+            if w.sentiment_falling and not (trend < 0 or state.negative_streak >= 1):
+                continue
+            matched.append(rule)
+        return matched
+
     async def process(self, turn: Turn, state: SessionState) -> list:
-        events = []
+        fired: list[Rule] = []
         for compiled in self._compiled:
             rule = compiled.rule
             if (rule.name in state.fired_rules and not rule.repeat) or not self._matches(
@@ -111,15 +161,33 @@ class EscalationStage(Stage):
             ):
                 continue
             state.fired_rules.add(rule.name)
-            queue, note = self._route(rule.queue)
+            fired.append(rule)
+        if not fired:
+            return []
+        # only sessions that escalate wait for the features (fetched since session start, with a timeout)
+        features = await state.customer_features()
+        boosts = self._feature_rules(features, state)
+        events = []
+        for rule in fired:
+            priority = PRIORITIES.index(rule.priority)
+            target, factors = rule.queue, []
+            for boost in boosts:
+                priority = min(priority + boost.bump, len(PRIORITIES) - 1)
+                if boost.queue and rule.priority != "urgent":  # emergencies keep their specialist queue
+                    target = boost.queue
+                factors.append(boost.name)
+            queue, note = self._route(target)
             reason = rule.reason if note is None else f"{rule.reason} (routed to {queue}: {note})"
+            if factors:
+                reason += "; " + "; ".join(b.reason for b in boosts)
             events.append(
                 Escalation(
                     utterance_id=turn.utterance_id,
                     reason=reason,
                     queue=queue,
-                    priority=rule.priority,
+                    priority=PRIORITIES[priority],
                     rule=rule.name,
+                    factors=factors or None,
                 )
             )
         return events

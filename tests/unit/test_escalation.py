@@ -87,3 +87,85 @@ def test_rule_file_errors_are_clear(tmp_path: Path):
         EscalationRules.load(bad)
     with pytest.raises(FileNotFoundError, match="SWITCHBOARD_ESCALATION_RULES"):
         EscalationRules.load(tmp_path / "missing.yaml")
+
+
+class _Features:
+    """The shape pipelines.features.CustomerFeatures has (the stage reads only these fields)."""
+
+    def __init__(self, clv=100.0, history=0, hist_sentiment=0.0, source="online"):
+        self.customer_lifetime_value = clv
+        self.escalation_history_count = history
+        self.historical_sentiment_avg = hist_sentiment
+        self.source = source
+
+
+def run_with_features(stage, state, text, features, *, label="neutral", sentiments=()):
+    import asyncio
+
+    state.signals.sentiments = list(sentiments)
+
+    async def go():
+        async def read():
+            return features
+
+        state.features = asyncio.create_task(read())
+        turn = Turn(
+            utterance_id="u", speaker="customer", received_at=time.perf_counter(), raw_text=None, text=text
+        )
+        turn.sentiment = SentimentScore(
+            label=label, score=-0.5 if label == "negative" else 0.0, model="rules"
+        )
+        state.negative_streak = state.negative_streak + 1 if label == "negative" else 0
+        return [e.wire() for e in await stage.run(turn, state)]
+
+    return asyncio.run(go())
+
+
+def test_high_value_customer_with_falling_sentiment_gets_higher_priority(stage):
+    falling = dict(label="negative", sentiments=[0.2, -0.1, -0.6])
+    low = run_with_features(
+        stage, SessionState("a", "demo", "c", "chat"), "get me a manager", _Features(), **falling
+    )
+    high = run_with_features(
+        stage, SessionState("b", "demo", "c", "chat"), "get me a manager", _Features(clv=8000), **falling
+    )
+    assert low[0]["priority"] == "high" and "factors" not in low[0]
+    assert high[0]["priority"] == "urgent" and high[0]["factors"] == ["high_value_falling_sentiment"]
+    assert "sentiment is falling" in high[0]["reason"]
+    steady = run_with_features(
+        stage,
+        SessionState("c", "demo", "c", "chat"),
+        "get me a manager",
+        _Features(clv=8000),
+        sentiments=[0.3, 0.4],
+    )
+    assert steady[0]["priority"] == "high"  # valuable but not unhappy: no bump
+
+
+def test_repeat_escalator_and_vip_routing(stage):
+    events = run_with_features(
+        stage,
+        SessionState("a", "demo", "c", "chat"),
+        "I want to cancel my plan",
+        _Features(clv=15000, history=4),
+    )
+    cancel = next(e for e in events if e["rule"] == "cancellation_risk")
+    assert cancel["priority"] == "high" and cancel["queue"] == "retention"
+    assert cancel["factors"] == ["repeat_escalator", "vip_care"]
+    emergency = run_with_features(
+        stage, SessionState("b", "demo", "c", "chat"), "chest pain", _Features(clv=15000, history=4)
+    )
+    assert emergency[0]["queue"] == "clinical_triage" and emergency[0]["priority"] == "urgent"
+
+
+def test_default_features_change_nothing(stage):
+    for source in ("default", "timeout", "error"):
+        events = run_with_features(
+            stage,
+            SessionState("a", "demo", "c", "chat"),
+            "get me a manager",
+            _Features(clv=99999, history=9, source=source),
+            label="negative",
+            sentiments=[0.5, -0.9],
+        )
+        assert events[0]["priority"] == "high" and "factors" not in events[0]

@@ -286,3 +286,52 @@ async def test_transcript_is_durable_before_session_ended_is_sent(env):
     await pipeline.handle(state, ChatMessage(text="please cancel my membership"), emit)
     await pipeline.end_session(state, emit)
     assert seen_backlog == [0]
+
+
+async def test_session_end_scores_the_call_and_stores_it(env):
+    build, store, _ = env
+    pipeline, rec = build(), Recorder()
+    state = await start(pipeline, rec)
+    assert rec.events[0]["variant"] == "champion"
+    await pipeline.handle(state, ChatMessage(text="I was charged twice, this is ridiculous"), rec)
+    await pipeline.handle(state, ChatMessage(text="oh I see, great, thanks, that fixed it"), rec)
+    suggestion = rec.of("assist.suggestion")[0]
+    await pipeline.handle(
+        state, SuggestionFeedback(suggestion_id=suggestion["suggestion_id"], action="accepted"), rec
+    )
+    ended = await pipeline.end_session(state, rec)
+    quality = ended.summary["quality"]
+    assert quality["resolved"] is True and quality["suggestions"] == {
+        "sent": 2,
+        "accepted": 1,
+        "edited": 0,
+        "rejected": 0,
+        "acceptance_rate": 1.0,
+    }
+    assert quality["sentiment_trend"] > 0 and 0 <= quality["score"] <= 100
+    assert rec.of("session.ended")[0]["summary"]["quality"] == quality
+    rows = await store.session_analytics("demo", state.session_id)
+    assert [r["quality_score"] for r in rows] == [quality["score"]]
+    assert rows[0]["customer_id"] == "c-1" and rows[0]["variant"] == "champion"
+    assert await store.session_analytics("other-tenant", state.session_id) == []
+    for event in rec.of("sentiment") + rec.of("intent"):
+        assert event["variant"] and event["model"]
+
+
+async def test_feature_store_outage_does_not_block_session_end(env):
+    build, _, _ = env
+
+    class DownFeatureStore:
+        async def online(self, customer_id):
+            return None
+
+        async def push_session_async(self, customer_id, **kw):
+            raise ConnectionError("redis down")
+
+    pipeline = build()
+    pipeline.features = DownFeatureStore()
+    rec = Recorder()
+    state, _ = await pipeline.start_session("demo", SessionStart(channel="chat", customer_id="c-2"))
+    assert await state.customer_features() is None
+    ended = await pipeline.end_session(state, rec)
+    assert ended.summary["quality"]["score"] >= 0 and rec.of("session.ended")
