@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYANNOTE_METRICS_ENABLED := false
 SITE = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-.PHONY: help install index demo serve test lint bench schema clean
+.PHONY: help install index features train setup demo serve test lint bench schema clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -36,10 +36,18 @@ install: $(STAMP) ## create/refresh the virtualenv
 index: $(STAMP) ## build the knowledge-base index (cached)
 	@$(PY) -m pipelines.indexing build
 
-demo: index ## start the app, play a scripted chat, print the live events, shut down
+features: $(STAMP) ## Feast: sample customer data, feast apply, materialize (cached)
+	@$(PY) -m pipelines.features setup
+
+train: index ## train, evaluate and register sentiment, intent and reranker models in MLflow (cached)
+	@$(PY) -m pipelines.training all --if-missing
+
+setup: index features train ## everything the app needs on first run: index, features, trained models
+
+demo: setup ## start the app, play a scripted chat, print the live events, shut down
 	@$(PY) -m serve.demo
 
-serve: index ## run the server in the foreground on 127.0.0.1:8000
+serve: setup ## run the server in the foreground on 127.0.0.1:8000
 	@$(PY) -m serve.run
 
 lint: $(STAMP) ## ruff

@@ -58,25 +58,42 @@ def render(event: dict) -> str:
     if t == "sentiment":
         color = {"negative": "31", "neutral": "37", "positive": "32"}[event["label"]]
         return _c(color, f"      sentiment: {event['label']} ({event['score']:+.2f}, {event['model']})")
+    if t == "escalation" and event.get("factors"):
+        return _c(
+            "1;31",
+            f"   ⚠ ESCALATION → {event['queue']} [{event['priority']}]: {event['reason']}"
+            f"  (features: {', '.join(event['factors'])})",
+        )
     if t == "intent":
         ents = ", ".join(f"{e['type']}={e['value']}" for e in event.get("entities", []))
         guess = f" (best guess {event['predicted']})" if event.get("predicted") else ""
         return _c(
             "36",
-            f"      intent: {event['intent']} {event['confidence']:.2f}{guess}"
+            f"      intent: {event['intent']} {event['confidence']:.2f}{guess} ({event['model']})"
             + (f"  [{ents}]" if ents else ""),
         )
     if t == "assist.suggestion":
         arts = "; ".join(f"{a['title']} ({a['score']:.2f})" for a in event["articles"])
+        ranked = f", reranked by {event['reranker']}" if event.get("reranker") else ""
         return _c(
-            "34", f"      suggest ({event['latency_ms']:.0f} ms): {event['text']}\n        articles: {arts}"
+            "34",
+            f"      suggest ({event['latency_ms']:.0f} ms{ranked}): {event['text']}\n        articles: {arts}",
         )
     if t == "escalation":
         return _c("1;31", f"   ⚠ ESCALATION → {event['queue']} [{event['priority']}]: {event['reason']}")
     if t == "error":
         return _c("33", f"   ! error {event['code']}: {event['message']}")
     if t == "session.ended":
-        return _c("1", f"● session ended: {event.get('summary')}")
+        summary = dict(event.get("summary") or {})
+        quality = summary.pop("quality", None)
+        lines = [_c("1", f"● session ended: {summary}")]
+        if quality:
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in quality["components"].items())
+            lines.append(
+                _c("1", f"  post-call quality {quality['score']:.0f}/100")
+                + f"  ({parts}; resolved: {quality['resolved']}, trend {quality['sentiment_trend']:+.2f})"
+            )
+        return "\n".join(lines)
     return str(event)
 
 

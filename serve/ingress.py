@@ -103,7 +103,11 @@ class Ingress:
         self.store = SessionStore(self.settings.sqlalchemy_url)
         review = ReviewQueue(self.store, load_or_create_key(self.settings.resolved_review_key_file))
         self.ports = handle_ports(guardrail, sentiment, embedder, intent, retriever, asr, speakers)
-        self.pipeline = Pipeline(self.ports, self.store, review, self.settings)
+        from pipelines.features import FeatureClient
+
+        # customer features for escalation priority and the post-call push; reads time out to defaults
+        self.features = FeatureClient(self.settings)
+        self.pipeline = Pipeline(self.ports, self.store, review, self.settings, features=self.features)
         self.vad = None
         self.recordings = None
         if asr is not None:
@@ -148,6 +152,25 @@ class Ingress:
             "store_backlog": self.store.backlog,
         }
         return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> JSONResponse:
+        """Which model version each text deployment serves per A/B variant (as one replica reports it;
+        replicas converge within ``model_refresh_s`` of an alias move)."""
+        try:
+            self.auth.authenticate(
+                bearer_token(request.headers.get("authorization"), request.query_params.get("token"))
+            )
+        except AuthError as exc:
+            return JSONResponse(exc.to_event().wire(), status_code=401)
+        names = ("sentiment", "intent", "knowledge_base")
+        served = await asyncio.gather(*(self._handles[n].models.remote() for n in names))
+        return JSONResponse(
+            {
+                "models": dict(zip(names, served, strict=True)),
+                "ab": {"mode": self.settings.ab_mode, "challenger_share": self.settings.ab_challenger_share},
+            }
+        )
 
     @app.get("/v1/sessions/{session_id}/recording")
     async def recording(self, session_id: str, request: Request) -> Response:
