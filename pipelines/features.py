@@ -266,6 +266,18 @@ class FeatureClient:
         """Build the store and load the registry ahead of the first read (optional; reads do it lazily)."""
         await asyncio.get_running_loop().run_in_executor(self._pool, self.store)
 
+    def prefetch(self) -> None:
+        """Start building the store in the background: a server starts without waiting for Feast, and its
+        first reads use the defaults until the store is ready."""
+
+        def build() -> None:
+            try:
+                self.store()
+            except Exception as exc:  # reads report it (source "error") and retry the build
+                self._warn("build", "feature store not ready (%s): defaults until it is", exc)
+
+        self._pool.submit(build)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -107,6 +107,7 @@ class Ingress:
 
         # customer features for escalation priority and the post-call push; reads time out to defaults
         self.features = FeatureClient(self.settings)
+        self.features.prefetch()
         self.pipeline = Pipeline(self.ports, self.store, review, self.settings, features=self.features)
         self.vad = None
         self.recordings = None

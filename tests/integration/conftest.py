@@ -41,11 +41,16 @@ def app(tmp_path_factory, index_dir, pg_session_database):
     from serve.run import launch, shutdown
 
     data_dir = tmp_path_factory.mktemp("serve-data")
+    from pipelines.config import Settings
+    from pipelines.features import setup
+
+    setup(Settings(data_dir=data_dir))  # Feast: sample customers, apply, materialize (SQLite online store)
     running = launch(
         settings={
             "data_dir": str(data_dir),
             "index_dir": str(index_dir),
             "database_url": pg_session_database,
+            "model_refresh_s": 1.0,  # alias moves reach the replicas within a second
         },
         port=_free_port(),
         grpc_port=_free_port(),

@@ -150,8 +150,8 @@ def test_repeat_escalator_and_vip_routing(stage):
         _Features(clv=15000, history=4),
     )
     cancel = next(e for e in events if e["rule"] == "cancellation_risk")
-    assert cancel["priority"] == "high" and cancel["queue"] == "retention"
-    assert cancel["factors"] == ["repeat_escalator", "vip_care"]
+    assert cancel["priority"] == "high" and cancel["queue"] == "vip_care"
+    assert cancel["factors"] == ["repeat_escalator", "vip_routing"]
     emergency = run_with_features(
         stage, SessionState("b", "demo", "c", "chat"), "chest pain", _Features(clv=15000, history=4)
     )
