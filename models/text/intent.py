@@ -1,18 +1,22 @@
-"""Intent classification by keyword rules plus embedding similarity to labelled examples, and rule-based
-entity extraction. The fine-tuned classifier (MLflow) plugs in behind the same ``IntentModel`` interface."""
+"""Intent classification by keyword rules plus embedding similarity to labelled examples, the fine-tuned
+classifier (MLflow) behind the same ``IntentModel`` interface, and rule-based entity extraction."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .classifier import SequenceClassifier
 
 __all__ = [
     "IntentPrediction",
     "IntentModel",
     "SimilarityIntentModel",
+    "TrainedIntentModel",
     "extract_entities",
     "rule_intent",
     "INTENTS",
@@ -115,12 +119,39 @@ class SimilarityIntentModel:
         return [self.predict(t, v) for t, v in zip(texts, vectors, strict=True)]
 
 
+class TrainedIntentModel:
+    """A fine-tuned classifier (``pipelines.training.intent``); it reads the text, the embedding vectors the
+    interface passes are not needed."""
+
+    def __init__(self, classifier: SequenceClassifier, name: str) -> None:
+        self.classifier = classifier
+        self.name = name
+        self.labels = list(classifier.labels)
+
+    def predict_batch(self, texts: list[str], vectors: np.ndarray | None = None) -> list[IntentPrediction]:
+        probs = self.classifier.predict_proba(texts)
+        predictions = []
+        for row in probs:
+            best = int(row.argmax())
+            predictions.append(
+                IntentPrediction(
+                    intent=self.labels[best],
+                    confidence=round(float(row[best]), 4),
+                    scores={label: round(float(p), 4) for label, p in zip(self.labels, row, strict=True)},
+                    model=self.name,
+                )
+            )
+        return predictions
+
+
 # ---------------------------------------------------------------- entities (on redacted text only)
 
 _ENTITY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "amount",
-        re.compile(r"\$\s?\d[\d,]*(?:\.\d{2})?|\b\d[\d,]*(?:\.\d{2})? (?:dollars|usd)\b", re.IGNORECASE),
+        re.compile(  # thousands groups only, so "$40, can you" is "$40"
+            r"\$\s?\d+(?:,\d{3})*(?:\.\d{2})?|\b\d+(?:,\d{3})*(?:\.\d{2})? (?:dollars|usd)\b", re.IGNORECASE
+        ),
     ),
     (
         "date",

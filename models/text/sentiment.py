@@ -1,4 +1,4 @@
-"""Sentiment scoring: a lexicon/rule scorer today, behind the interface the fine-tuned model plugs into.
+"""Sentiment scoring: a lexicon/rule scorer and the fine-tuned transformer, behind one interface.
 
 The rule scorer is VADER (its lexicon ships inside the ``vaderSentiment`` package) plus contact-center
 phrases that VADER misses ("third time I'm calling", "still waiting", "on hold for an hour").
@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 
-__all__ = ["SentimentScore", "SentimentModel", "LexiconSentiment", "label_for"]
+if TYPE_CHECKING:
+    from .classifier import SequenceClassifier
+
+__all__ = ["SentimentScore", "SentimentModel", "LexiconSentiment", "TransformerSentiment", "label_for"]
 
 Label = Literal["negative", "neutral", "positive"]
 
@@ -82,3 +85,29 @@ class LexiconSentiment:
 
     def score_batch(self, texts: list[str]) -> list[SentimentScore]:
         return [self.score(t) for t in texts]
+
+
+class TransformerSentiment:
+    """A fine-tuned three-class classifier (``pipelines.training.sentiment``). ``score`` is
+    p(positive) − p(negative); ``label`` is the most probable class."""
+
+    def __init__(self, classifier: SequenceClassifier, name: str) -> None:
+        missing = {"negative", "neutral", "positive"} - set(classifier.labels)
+        if missing:
+            raise ValueError(f"{classifier.name} is not a sentiment classifier: labels {classifier.labels}")
+        self.classifier = classifier
+        self.name = name
+        self._pos = classifier.labels.index("positive")
+        self._neg = classifier.labels.index("negative")
+
+    def score_batch(self, texts: list[str]) -> list[SentimentScore]:
+        probs = self.classifier.predict_proba(texts)
+        labels = self.classifier.labels
+        return [
+            SentimentScore(
+                label=cast(Label, labels[int(row.argmax())]),
+                score=round(float(row[self._pos] - row[self._neg]), 4),
+                model=self.name,
+            )
+            for row in probs
+        ]

@@ -166,7 +166,9 @@ def load_hutto(cache_dir: Path) -> list[LabelledText]:
     with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
         files = sorted(m.name for m in inner.getmembers() if m.name.endswith("_GroundTruth.txt"))
         for name in files:
-            source = Path(name).name.split("_")[0].replace("ReviewSnippets", "").replace("EditorialSnippets", "")
+            source = (
+                Path(name).name.split("_")[0].replace("ReviewSnippets", "").replace("EditorialSnippets", "")
+            )
             raw = inner.extractfile(name).read().decode("utf-8", errors="replace")  # type: ignore[union-attr]
             for line in raw.splitlines():
                 parts = line.split("\t")
@@ -219,8 +221,19 @@ def sentiment_corpus(settings: Settings) -> list[LabelledText]:
 # ---------------------------------------------------------------- splitting
 
 
-def _strata(examples: Sequence[LabelledText]) -> list[str]:
-    return [f"{e.source}:{e.label}" for e in examples]
+def _strata(examples: Sequence[LabelledText], min_size: int = 50) -> list[str]:
+    """source:label; a stratum smaller than ``min_size`` joins its label's largest stratum (a stratified
+    split needs members of every stratum on each side)."""
+    from collections import Counter
+
+    counts = Counter(f"{e.source}:{e.label}" for e in examples)
+    largest: dict[str, str] = {}
+    for key, _ in counts.most_common():
+        largest.setdefault(key.rsplit(":", 1)[1], key)
+    keys = [f"{e.source}:{e.label}" for e in examples]
+    return [
+        key if counts[key] >= min_size else largest[e.label] for key, e in zip(keys, examples, strict=True)
+    ]
 
 
 def split_examples(
