@@ -266,6 +266,10 @@ class FeatureClient:
         """Build the store and load the registry ahead of the first read (optional; reads do it lazily)."""
         await asyncio.get_running_loop().run_in_executor(self._pool, self.store)
 
+    def status(self) -> str:
+        """``ready`` once the store is loaded, else ``unavailable`` (reads then return defaults)."""
+        return "ready" if self._store is not None else "unavailable"
+
     def prefetch(self) -> None:
         """Start building the store in the background: a server starts without waiting for Feast, and its
         first reads use the defaults until the store is ready."""

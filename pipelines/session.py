@@ -71,11 +71,21 @@ class SessionState:
     ended: bool = False
     variant: str = "champion"  # A/B arm for this session's models
     signals: CallSignals = field(default_factory=CallSignals)  # for the post-call analytics
-    features: asyncio.Task | None = None  # the customer's online features, fetched at session start
+    features: asyncio.Future | None = None  # the customer's online features, fetched at session start
+    _features_reader: Callable[[], Awaitable[Any]] | None = None  # one retry after a timeout or error
 
     async def customer_features(self) -> Any:
-        """The online features (None when no feature store is configured). The read has its own timeout."""
-        return None if self.features is None else await self.features
+        """The online features (None when no feature store is configured). The read started at session start;
+        if it missed its budget or failed (a cold or busy store), it is tried once more now, with the same
+        timeout, and the result is kept for the rest of the session."""
+        if self.features is None:
+            return None
+        features = await self.features
+        if getattr(features, "source", "online") in ("timeout", "error") and self._features_reader:
+            reader, self._features_reader = self._features_reader, None
+            self.features = asyncio.ensure_future(reader())
+            features = await self.features
+        return features
 
     def clock(self) -> float:
         """Seconds since the session (this connection) started."""
@@ -145,7 +155,9 @@ class Pipeline:
                 session_id=state.session_id, tenant=tenant, channel=start.channel, variant=state.variant
             )
         if self.features is not None:
-            state.features = asyncio.create_task(self.features.online(state.customer_id))
+            port, customer = self.features, state.customer_id
+            state.features = asyncio.ensure_future(port.online(customer))
+            state._features_reader = lambda: port.online(customer)
         self._record(state, started)
         return state, started
 
@@ -161,6 +173,8 @@ class Pipeline:
             "duration_s": duration,
             "variant": state.variant,
         }
+        if state.features is not None and state.features.done() and not state.features.cancelled():
+            summary["customer_features"] = getattr(state.features.result(), "source", None)
         summary["quality"] = quality_summary(
             state.signals, channel=state.channel, duration_s=duration, escalations=state.escalations
         )

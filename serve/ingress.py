@@ -107,7 +107,10 @@ class Ingress:
 
         # customer features for escalation priority and the post-call push; reads time out to defaults
         self.features = FeatureClient(self.settings)
-        self.features.prefetch()
+        try:  # load Feast now (seconds), not on the first sessions' reads, which would miss their budget
+            self.features.store()
+        except Exception as exc:  # reads fall back to defaults and retry; /healthz shows it
+            log.warning("feature store unavailable at start (%s): default features until it is", exc)
         self.pipeline = Pipeline(self.ports, self.store, review, self.settings, features=self.features)
         self.vad = None
         self.recordings = None
@@ -151,6 +154,7 @@ class Ingress:
             "deployments": results,
             "active_sessions": self.active_sessions,
             "store_backlog": self.store.backlog,
+            "features": self.features.status(),
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 

@@ -12,6 +12,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 async def test_high_value_customer_escalation_and_history_push(app):
+    import httpx
+
+    assert httpx.get(f"{app.http_url}/healthz", timeout=30).json()["features"] == "ready"
     features = FeatureClient(app.settings)
     before = features.read("demo-customer-17")
     assert before.source == "online" and before.customer_lifetime_value > 12000
