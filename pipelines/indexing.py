@@ -62,7 +62,7 @@ def _chunks(article: dict) -> list[str]:
 
 def fingerprint(settings: Settings, model_name: str) -> str:
     return content_hash(
-        Path(settings.kb_path).read_text(), Path(settings.intents_path).read_text(), model_name, "chunks-v2"
+        Path(settings.kb_path).read_text(), Path(settings.intents_path).read_text(), model_name, "chunks-v3"
     )
 
 
@@ -89,6 +89,7 @@ def build_index(settings: Settings, *, force: bool = False, embedder: MiniLMEmbe
                     "title": article["title"],
                     "category": article.get("category", "general"),
                     "reply": article.get("reply", ""),
+                    "text": chunk,
                 }
             )
 

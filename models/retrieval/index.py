@@ -22,6 +22,7 @@ class Hit:
     title: str
     score: float
     reply: str
+    text: str = ""  # the article's best-matching chunk (title, tags, one paragraph): what a reranker reads
 
 
 def content_hash(*parts: str) -> str:
@@ -63,15 +64,15 @@ class ArticleIndex:
         results = []
         for row, (row_scores, row_ids) in enumerate(zip(scores, ids, strict=True)):
             category = prefer[row] if prefer else None
-            best: dict[str, float] = {}
+            best: dict[str, tuple[float, int]] = {}  # article id -> (score, row of its best chunk)
             for s, i in zip(row_scores, row_ids, strict=True):
                 if i < 0:
                     continue
                 m = self.meta[i]
                 score = float(s) + (boost if category and m.get("category") == category else 0.0)
-                if score > best.get(m["id"], -1.0):
-                    best[m["id"]] = score
-            top = sorted(best.items(), key=lambda kv: kv[1], reverse=True)[:k]
+                if score > best.get(m["id"], (-1.0, -1))[0]:
+                    best[m["id"]] = (score, int(i))
+            top = sorted(best.items(), key=lambda kv: kv[1][0], reverse=True)[:k]
             results.append(
                 [
                     Hit(
@@ -79,8 +80,9 @@ class ArticleIndex:
                         title=self._by_id[a]["title"],
                         score=round(s, 4),
                         reply=self._by_id[a].get("reply", ""),
+                        text=self.meta[i].get("text", ""),
                     )
-                    for a, s in top
+                    for a, (s, i) in top
                 ]
             )
         return results

@@ -1,12 +1,14 @@
 """Train and register switchboard's text models: ``python -m pipelines.training all`` (or one of them).
 
     python -m pipelines.training all                 # sentiment, intent, reranker → MLflow
-    python -m pipelines.training all --if-missing    # skip models that already have a @champion (make demo)
+    python -m pipelines.training all --if-missing    # skip models already registered (make demo)
     python -m pipelines.training sentiment --help    # one model, with its own options
 
 Each model is evaluated on a held-out set, logged to MLflow (params, metrics, evaluation report, weights)
 and registered with a semantic-version tag: the first version becomes ``@champion``, later ones
-``@challenger`` (promote with ``python -m pipelines.registry promote NAME``).
+``@challenger`` (promote with ``python -m pipelines.registry promote NAME``). A model that does not beat
+the model serving today on its held-out set (lexicon, embedding similarity, FAISS order) is registered as
+``@challenger`` only.
 """
 
 from __future__ import annotations
@@ -29,13 +31,18 @@ MODELS = {
 }
 
 
-def has_champion(name: str, settings: Settings) -> bool:
+def is_registered(name: str, settings: Settings) -> bool:
+    """A version of ``name`` holds the champion or challenger alias (a model that did not beat its baseline
+    is only ever a challenger, and counts: ``--if-missing`` must not retrain it on every run)."""
     from models.registry import resolve_model_uri
 
     uri = settings.resolved_mlflow_uri
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
         return False
-    return resolve_model_uri(f"models:/{name}@champion", tracking_uri=uri) is not None
+    return any(
+        resolve_model_uri(f"models:/{name}@{alias}", tracking_uri=uri) is not None
+        for alias in ("champion", "challenger")
+    )
 
 
 def train_all(
@@ -49,10 +56,8 @@ def train_all(
     results = []
     for key in which:
         module_name, fn_name, registered = MODELS[key]
-        if if_missing and has_champion(registered, settings):
-            print(
-                f"==> {registered}: @champion already registered, skipping (train again without --if-missing)"
-            )
+        if if_missing and is_registered(registered, settings):
+            print(f"==> {registered}: already registered, skipping (train again without --if-missing)")
             continue
         print(f"==> training {registered}{' (small)' if small else ''}", flush=True)
         train = getattr(importlib.import_module(module_name), fn_name)
@@ -64,6 +69,10 @@ def train_all(
         print(
             f"    {version.uri} ({version.semver}{', @' + version.alias if version.alias else ''}) in {took:.0f}s"
         )
+        if model.beats_baseline is False and version.alias == "challenger":
+            print(
+                "    it did not beat the model serving today on the held-out set: registered as @challenger only"
+            )
         for metric, value in sorted(model.metrics.items()):
             print(f"    {metric:<32} {value:.4f}")
         results.append(
@@ -82,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("which", choices=["all", *MODELS], help="what to train")
     parser.add_argument("--small", action="store_true", help="quick, smaller runs (tests, smoke checks)")
     parser.add_argument(
-        "--if-missing", action="store_true", help="skip models that already have a @champion (cached setup)"
+        "--if-missing", action="store_true", help="skip models that are already registered (cached setup)"
     )
     parser.add_argument(
         "--alias",

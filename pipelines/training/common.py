@@ -43,6 +43,9 @@ class TrainedModel:
     params: dict[str, Any]
     metrics: dict[str, float]
     reports: dict[str, Any] = field(default_factory=dict)  # file name -> JSON-serialisable evaluation report
+    # Did it beat the model serving today (lexicon, similarity, FAISS order) on the held-out set? A model
+    # that did not is registered as @challenger, never made @champion automatically. None: not compared.
+    beats_baseline: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -104,8 +107,8 @@ def register_trained(
 ) -> RegisteredVersion:
     """Log ``model`` (params, metrics, reports, weights) to MLflow and register it.
 
-    ``alias="auto"``: ``champion`` when the name has no champion yet, else ``challenger`` (promote it with
-    ``python -m pipelines.registry promote NAME``). ``None``: no alias.
+    ``alias="auto"``: ``champion`` when the name has no champion yet and the model beat its baseline, else
+    ``challenger`` (promote it with ``python -m pipelines.registry promote NAME``). ``None``: no alias.
     """
     import mlflow
 
@@ -121,7 +124,7 @@ def register_trained(
             has_champion = "champion" in (client.get_registered_model(model.name).aliases or {})
         semver = semver or next_semver(existing, bump)
         if alias == "auto":
-            alias = "challenger" if has_champion else "champion"
+            alias = "challenger" if has_champion or model.beats_baseline is False else "champion"
         with mlflow.start_run(
             experiment_id=_experiment_id(client, settings), run_name=f"train-{model.name}-{semver}"
         ):

@@ -187,7 +187,8 @@ def train_intent(
             "history": result.history,
         }
     }
-    return TrainedModel(name=NAME, folder=result.folder, params=params, metrics=metrics, reports=reports)
+    beats = metrics["eval_accuracy"] >= metrics["similarity_eval_accuracy"]
+    return TrainedModel(NAME, result.folder, params, metrics, reports, beats_baseline=beats)
 
 
 def evaluation_table(trained: TrainedModel) -> str:

@@ -139,7 +139,8 @@ def train_sentiment(
             "split_sizes_full": split.sizes(),
         }
     }
-    return TrainedModel(name=NAME, folder=result.folder, params=params, metrics=metrics, reports=reports)
+    beats = metrics["test_accuracy"] > metrics["lexicon_test_accuracy"]
+    return TrainedModel(NAME, result.folder, params, metrics, reports, beats_baseline=beats)
 
 
 def evaluation_table(trained: TrainedModel) -> str:

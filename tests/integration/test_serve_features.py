@@ -11,10 +11,13 @@ from serve.client import SessionClient
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-async def test_high_value_customer_escalation_and_history_push(app):
+def test_healthz_reports_the_feature_store(app):
     import httpx
 
     assert httpx.get(f"{app.http_url}/healthz", timeout=30).json()["features"] == "ready"
+
+
+async def test_high_value_customer_escalation_and_history_push(app):
     features = FeatureClient(app.settings)
     before = features.read("demo-customer-17")
     assert before.source == "online" and before.customer_lifetime_value > 12000
