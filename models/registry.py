@@ -98,8 +98,17 @@ def download_model_folder(
     target.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s (%s) from MLflow into %s", uri, resolved, target)
     try:
+        source = resolved
+        if resolved.startswith("models:/"):
+            # resolve the version's artifact location against *this* registry: a bare models:/ URI would be
+            # looked up in the process-wide registry, which a serving replica never configures
+            from mlflow import MlflowClient
+
+            name, version = resolved[len("models:/") :].rsplit("/", 1)
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            source = client.get_model_version_download_uri(name, version)
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=resolved, dst_path=str(target), tracking_uri=tracking_uri
+            artifact_uri=source, dst_path=str(target), tracking_uri=tracking_uri
         )
     except Exception as exc:
         raise FileNotFoundError(f"could not download {uri} from MLflow: {exc}") from exc

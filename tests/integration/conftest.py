@@ -45,6 +45,10 @@ def app(tmp_path_factory, index_dir, pg_session_database):
     from pipelines.features import setup
 
     setup(Settings(data_dir=data_dir))  # Feast: sample customers, apply, materialize (SQLite online store)
+    from pipelines.registry import mlflow_store
+
+    with mlflow_store(Settings(data_dir=data_dir)):  # the embedded MLflow store exists before replicas poll it
+        pass
     running = launch(
         settings={
             "data_dir": str(data_dir),

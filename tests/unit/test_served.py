@@ -139,3 +139,19 @@ def test_promote_and_roll_back_from_the_cli(settings, tmp_path, monkeypatch, cap
     assert main(["set-alias", "echo_model", "champion", "1"]) == 0
     assert served.refresh() == ["champion: echo_model@1"]
     assert main(["set-alias", "echo_model", "champion", "9"]) == 2
+
+
+def test_loading_uses_the_configured_store_not_the_process_default(settings, tmp_path, monkeypatch):
+    """A serving replica never sets MLflow's process-wide URIs; downloads must not depend on them."""
+    import mlflow
+
+    _register(settings, tmp_path, "alpha")
+    elsewhere = (tmp_path / "elsewhere").as_uri()
+    mlflow.set_tracking_uri(elsewhere)
+    mlflow.set_registry_uri(elsewhere)
+    try:
+        slot = _served(settings).get("champion")
+        assert (slot.model.word, slot.label) == ("alpha", "echo_model@1")
+    finally:
+        mlflow.set_tracking_uri(settings.resolved_mlflow_uri)
+        mlflow.set_registry_uri(settings.resolved_mlflow_uri)
