@@ -192,7 +192,6 @@ class RetrieverService:
 
 def _load_sentiment(folder: Path, label: str) -> Any:
     from models.text.classifier import SequenceClassifier
-
     from models.text.sentiment import TransformerSentiment
 
     return TransformerSentiment(SequenceClassifier(folder, name=label), name=label)
@@ -200,7 +199,6 @@ def _load_sentiment(folder: Path, label: str) -> Any:
 
 def _load_intent(folder: Path, label: str) -> Any:
     from models.text.classifier import SequenceClassifier
-
     from models.text.intent import TrainedIntentModel
 
     return TrainedIntentModel(SequenceClassifier(folder, name=label), name=label)
