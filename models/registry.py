@@ -44,9 +44,9 @@ def resolve_model_uri(uri: str, *, tracking_uri: str | None) -> str | None:
 
     name, alias = uri[len("models:/") :].split("@", 1)
     try:
-        version = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version_by_alias(
-            name, alias
-        )
+        version = MlflowClient(
+            tracking_uri=tracking_uri, registry_uri=tracking_uri
+        ).get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None

@@ -51,11 +51,50 @@ def _run_grouped(
     return out
 
 
-class SentimentService:
+class _ClassifierService:
+    """Shared by the sentiment and intent services: label results with model and variant, fall back to
+    the rules for a batch the model fails on, add the shadow challenger's results."""
+
+    name = "model"
+
+    def __init__(self, served: ServedModel[Any], settings: Settings) -> None:
+        self.served = served
+        self.shadow = settings.ab_mode == "shadow"
+
+    def _labelled(self, slot: Loaded[Any], call: Callable[[Any], list[Any]]) -> list[Any]:
+        try:
+            return [replace(r, model=slot.label, variant=slot.variant) for r in call(slot.model)]
+        except Exception as exc:
+            if slot.is_rules:
+                raise
+            log.error("%s model %s failed (%s); rules for this batch", self.name, slot.label, exc)
+            rules = self.served.get_rules().model
+            return [replace(r, model=RULES_FALLBACK, variant="rules") for r in call(rules)]
+
+    def _run(
+        self,
+        n: int,
+        variants: Sequence[str] | None,
+        call: Callable[[Any, list[int]], list[Any]],
+    ) -> list[Any]:
+        """``call(model, indices)`` runs the model on the requests at ``indices``."""
+        out = _run_grouped(
+            self.served, n, variants, lambda slot, idx: self._labelled(slot, lambda m: call(m, idx))
+        )
+        if self.shadow and self.served.has("challenger"):
+            everyone = list(range(n))
+            shadow = self._labelled(self.served.get("challenger"), lambda m: call(m, everyone))
+            out = [replace(r, shadow=sh) for r, sh in zip(out, shadow, strict=True)]
+        return out
+
+
+class SentimentService(_ClassifierService):
     """``sentiment_classifier`` from the registry (or a folder); the VADER lexicon scorer as rules."""
 
+    name = "sentiment"
+
     def __init__(self, settings: Settings, *, refresh: bool = True) -> None:
-        self.served: ServedModel[Any] = ServedModel(
+        served: ServedModel[Any] = ServedModel(
             "sentiment_classifier",
             settings.sentiment_model,
             loader=_load_sentiment,
@@ -63,34 +102,19 @@ class SentimentService:
             settings=settings,
             refresh=refresh,
         )
-        self.shadow = settings.ab_mode == "shadow"
-
-    def _score(self, slot: Loaded[Any], texts: list[str]) -> list[SentimentScore]:
-        try:
-            scores = slot.model.score_batch(texts)
-            return [replace(s, model=slot.label, variant=slot.variant) for s in scores]
-        except Exception as exc:
-            if slot.is_rules:
-                raise
-            log.error("sentiment model %s failed (%s); rules for this batch", slot.label, exc)
-            rules = self.served.get_rules()
-            return [replace(s, model=RULES_FALLBACK, variant="rules") for s in rules.model.score_batch(texts)]
+        super().__init__(served, settings)
 
     def score_batch(self, texts: list[str], variants: Sequence[str] | None = None) -> list[SentimentScore]:
-        out = _run_grouped(
-            self.served, len(texts), variants, lambda slot, idx: self._score(slot, [texts[i] for i in idx])
-        )
-        if self.shadow and self.served.has("challenger"):
-            shadow = self._score(self.served.get("challenger"), texts)
-            out = [replace(s, shadow=sh) for s, sh in zip(out, shadow, strict=True)]
-        return out
+        return self._run(len(texts), variants, lambda m, idx: m.score_batch([texts[i] for i in idx]))
 
 
-class IntentService:
+class IntentService(_ClassifierService):
     """``intent_classifier`` from the registry; embedding similarity to the labelled examples as rules."""
 
+    name = "intent"
+
     def __init__(self, settings: Settings, *, refresh: bool = True) -> None:
-        self.served: ServedModel[Any] = ServedModel(
+        served: ServedModel[Any] = ServedModel(
             "intent_classifier",
             settings.intent_model,
             loader=_load_intent,
@@ -98,35 +122,14 @@ class IntentService:
             settings=settings,
             refresh=refresh,
         )
-        self.shadow = settings.ab_mode == "shadow"
-
-    def _predict(self, slot: Loaded[Any], texts: list[str], vectors: np.ndarray) -> list[IntentPrediction]:
-        try:
-            preds = slot.model.predict_batch(texts, vectors)
-            return [replace(p, model=slot.label, variant=slot.variant) for p in preds]
-        except Exception as exc:
-            if slot.is_rules:
-                raise
-            log.error("intent model %s failed (%s); rules for this batch", slot.label, exc)
-            rules = self.served.get_rules()
-            return [
-                replace(p, model=RULES_FALLBACK, variant="rules")
-                for p in rules.model.predict_batch(texts, vectors)
-            ]
+        super().__init__(served, settings)
 
     def predict_batch(
         self, texts: list[str], vectors: np.ndarray, variants: Sequence[str] | None = None
     ) -> list[IntentPrediction]:
-        out = _run_grouped(
-            self.served,
-            len(texts),
-            variants,
-            lambda slot, idx: self._predict(slot, [texts[i] for i in idx], vectors[idx]),
+        return self._run(
+            len(texts), variants, lambda m, idx: m.predict_batch([texts[i] for i in idx], vectors[idx])
         )
-        if self.shadow and self.served.has("challenger"):
-            shadow = self._predict(self.served.get("challenger"), texts, vectors)
-            out = [replace(p, shadow=sh) for p, sh in zip(out, shadow, strict=True)]
-        return out
 
 
 @dataclass(frozen=True)
