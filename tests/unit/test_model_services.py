@@ -60,3 +60,49 @@ def test_a_failing_model_falls_back_to_rules_for_that_batch(store, monkeypatch):
     assert scores[0].label == "negative" and scores[1].label == "positive"
     monkeypatch.undo()
     assert {s.model for s in service.score_batch(TEXTS)} == {"sentiment_classifier@1"}
+
+
+async def test_shadow_results_are_recorded_and_counted_never_sent(store, local_models, tmp_path):
+    import sqlalchemy
+
+    from pipelines.backends import LocalSentiment
+    from pipelines.events import ChatMessage, SessionStart
+    from pipelines.metrics import snapshot
+    from pipelines.ports import ModelPorts
+    from pipelines.review import ReviewQueue, load_or_create_key
+    from pipelines.session import Pipeline
+    from pipelines.storage import SessionStore, events
+
+    settings = store.model_copy(
+        update={"ab_mode": "shadow", "data_dir": tmp_path, "mlflow_tracking_uri": store.resolved_mlflow_uri}
+    )
+    sentiment = LocalSentiment(SentimentService(settings, refresh=False))
+    ports = ModelPorts(
+        local_models.guardrail, sentiment, local_models.embedder, local_models.intent, local_models.retriever
+    )
+    db = SessionStore(settings.sqlalchemy_url)
+    await db.start()
+    pipeline = Pipeline(
+        ports, db, ReviewQueue(db, load_or_create_key(settings.resolved_review_key_file)), settings
+    )
+    sent: list[dict] = []
+
+    async def emit(event):
+        sent.append(event.wire())
+
+    before = sum(v for k, v in snapshot().items() if k.startswith("switchboard_shadow_comparisons"))
+    state, _ = await pipeline.start_session("demo", SessionStart(channel="chat", customer_id="c-9"))
+    await pipeline.handle(state, ChatMessage(text="I was charged twice, this is ridiculous"), emit)
+    await db.flush()
+    with db.engine.connect() as conn:
+        stored = [r.payload for r in conn.execute(sqlalchemy.select(events).where(events.c.type == "shadow"))]
+    await db.close()
+
+    shown = next(e for e in sent if e["type"] == "sentiment")
+    assert shown["model"] == "sentiment_classifier@1" and shown["variant"] == "champion"
+    assert not any(e["type"] == "shadow" or "shadow" in e for e in sent)
+    assert len(stored) == 1 and stored[0]["model"] == "sentiment_classifier@2"
+    assert stored[0]["shown"] == {"model": "sentiment_classifier@1", "label": shown["label"]}
+    assert stored[0]["agree"] == (stored[0]["label"] == shown["label"])
+    after = sum(v for k, v in snapshot().items() if k.startswith("switchboard_shadow_comparisons"))
+    assert after == before + 1
