@@ -270,18 +270,6 @@ class FeatureClient:
         """``ready`` once the store is loaded, else ``unavailable`` (reads then return defaults)."""
         return "ready" if self._store is not None else "unavailable"
 
-    def prefetch(self) -> None:
-        """Start building the store in the background: a server starts without waiting for Feast, and its
-        first reads use the defaults until the store is ready."""
-
-        def build() -> None:
-            try:
-                self.store()
-            except Exception as exc:  # reads report it (source "error") and retry the build
-                self._warn("build", "feature store not ready (%s): defaults until it is", exc)
-
-        self._pool.submit(build)
-
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 

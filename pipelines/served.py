@@ -91,9 +91,7 @@ class ServedModel(Generic[T]):
             else settings.ab_challenger_share > 0.0 or settings.ab_mode == "shadow"
         )
         self._slots: dict[str, Loaded[T]] = {}
-        self._lock = threading.Lock()
         self.last_error: str | None = None
-        self.reloads = 0
         self.refresh()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -197,7 +195,6 @@ class ServedModel(Generic[T]):
                     changes.append(f"champion: {RULES_FALLBACK}")
                 continue
             slots[variant] = loaded
-            self.reloads += 1
             changes.append(f"{variant}: {loaded.label}")
             log.info(
                 "%s: serving %s as %s (loaded in %.1fs)",
@@ -206,8 +203,7 @@ class ServedModel(Generic[T]):
                 variant,
                 time.perf_counter() - started,
             )
-        with self._lock:
-            self._slots = slots  # one assignment: readers see the old or the new set, never a mix
+        self._slots = slots  # one assignment: readers see the old or the new set, never a mix
         return changes
 
     def _refresh_loop(self) -> None:

@@ -186,8 +186,6 @@ class Pipeline:
             summary=summary,
             variant=state.variant,
         )
-        if self.features is not None:
-            await self._push_features(state, summary)
         ended = SessionEnded(session_id=state.session_id, summary=summary)
         self._record(state, ended)
         self.store.end_session(state.session_id, state.tenant, status=status)
@@ -195,6 +193,8 @@ class Pipeline:
         await self.store.flush()
         if emit is not None:
             await emit(ended)
+        if self.features is not None:  # after the client has its summary: a slow store never delays it
+            await self._push_features(state, summary)
         return ended
 
     async def _push_features(self, state: SessionState, summary: dict[str, Any]) -> None:

@@ -101,10 +101,6 @@ class Sentiment(_ModelDeployment):
         """variant → the model it serves (name@version or rules)."""
         return self.model.served.describe()
 
-    async def refresh(self) -> list[str]:
-        """Re-resolve the aliases now instead of at the next poll."""
-        return await asyncio.to_thread(self.model.served.refresh)
-
 
 @serve.deployment(name="embedder", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.3})
 class Embedder(_ModelDeployment):
@@ -141,9 +137,6 @@ class IntentClassifier(_ModelDeployment):
     async def models(self) -> dict[str, str]:
         return self.model.served.describe()
 
-    async def refresh(self) -> list[str]:
-        return await asyncio.to_thread(self.model.served.refresh)
-
 
 @serve.deployment(name="knowledge_base", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.1})
 class KnowledgeBase(_ModelDeployment):
@@ -178,9 +171,6 @@ class KnowledgeBase(_ModelDeployment):
 
     async def models(self) -> dict[str, str]:
         return self.model.reranker.describe()
-
-    async def refresh(self) -> list[str]:
-        return await asyncio.to_thread(self.model.reranker.refresh)
 
 
 @serve.deployment(name="asr", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
