@@ -39,7 +39,15 @@ async def test_high_value_customer_escalation_and_history_push(app):
     quality = ended["summary"]["quality"]
     assert ended["type"] == "session.ended" and 0 <= quality["score"] <= 100
 
+    # the push follows `session.ended` (a slow feature store never delays the summary): wait for it
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + 15.0
     after = features.read("demo-customer-17")
+    while after.session_count == before.session_count and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        after = features.read("demo-customer-17")
     assert after.session_count == before.session_count + 1
     assert after.escalation_history_count >= before.escalation_history_count + 1
     assert after.historical_sentiment_avg < before.historical_sentiment_avg  # an unhappy call lowers it
