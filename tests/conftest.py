@@ -133,3 +133,15 @@ def small_reranker(tmp_path_factory: pytest.TempPathFactory, index_dir: Path):
 @pytest.fixture(scope="session")
 def small_models(small_sentiment, small_intent, small_reranker) -> dict:
     return {"sentiment": small_sentiment, "intent": small_intent, "reranker": small_reranker}
+
+
+LLM_CACHE = Path(__file__).resolve().parents[1] / ".switchboard" / "llm"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The packaged SmolLM2-135M-Instruct as a Hugging Face folder (converted from its GGUF once; the folder is
+    kept under the repo's ``.switchboard/llm`` and reused by later runs)."""
+    from models.generation.convert import gguf_to_hf, packaged_smollm2_gguf
+
+    return gguf_to_hf(packaged_smollm2_gguf(), LLM_CACHE / "smollm2-135m-instruct", progress=False)
