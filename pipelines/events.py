@@ -35,6 +35,7 @@ __all__ = [
     "Intent",
     "Article",
     "Suggestion",
+    "AssistDelta",
     "Escalation",
     "ErrorEvent",
     "SessionEnded",
@@ -234,6 +235,33 @@ class Suggestion(_Event):
     reranker: str | None = Field(
         default=None, description="cross-encoder (name@version) that ordered the articles; unset: FAISS order"
     )
+    final: bool = Field(
+        default=True,
+        description="false: a generated version of this suggestion follows (`assist.delta` events, then an "
+        "`assist.suggestion` with the same `suggestion_id` and `final: true` that replaces this one)",
+    )
+    model: str | None = Field(default=None, description="generator (name@version) behind generated text")
+    citations: list[str] | None = Field(default=None, description="ids of the articles the generated text uses")
+    grounding: dict[str, Any] | None = Field(
+        default=None, description="the grounding check: `grounded`, `support` (0-1), `reason` when rejected"
+    )
+    tokens: dict[str, int] | None = Field(default=None, description="`prompt` and `completion` tokens spent")
+    first_token_ms: float | None = Field(
+        default=None, description="message received -> first generated token"
+    )
+    prompt_version: str | None = Field(default=None, description="prompt template (registry name@version)")
+
+
+class AssistDelta(_Event):
+    """A streamed piece of a suggestion being generated. Pieces are whole phrases, each redacted by the
+    guardrail before it is sent; the final ``assist.suggestion`` (same ``suggestion_id``) is authoritative and
+    may replace the streamed text with the articles when the grounding check rejects it."""
+
+    type: Literal["assist.delta"] = "assist.delta"
+    suggestion_id: str
+    utterance_id: str
+    text: str
+    index: int
 
 
 class Escalation(_Event):
@@ -271,6 +299,7 @@ ServerEvent = (
     | Sentiment
     | Intent
     | Suggestion
+    | AssistDelta
     | Escalation
     | ErrorEvent
     | SessionEnded

@@ -22,7 +22,7 @@ from models.retrieval.index import ArticleIndex, content_hash
 
 from .config import Settings
 
-__all__ = ["load_articles", "load_intent_examples", "build_index", "fingerprint", "INTENT_FILE", "main"]
+__all__ = ["load_articles", "provider_name", "load_intent_examples", "build_index", "fingerprint", "INTENT_FILE", "main"]
 
 log = logging.getLogger("switchboard.indexing")
 INTENT_FILE = "intents.npz"
@@ -39,6 +39,15 @@ def load_articles(path: Path) -> list[dict]:
         if missing:
             raise ValueError(f"article {a.get('id', '?')} in {path} lacks {sorted(missing)}")
     return articles
+
+
+def provider_name(path: Path) -> str:
+    """The organisation the knowledge base belongs to (its ``provider:`` key), for prompts."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return "our organisation"
+    return str(data.get("provider") or "our organisation") if isinstance(data, dict) else "our organisation"
 
 
 def load_intent_examples(path: Path) -> tuple[list[str], list[str]]:

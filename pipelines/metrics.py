@@ -12,7 +12,15 @@ import threading
 from collections import Counter as _Tally
 from typing import Any
 
-__all__ = ["count_prediction", "count_shadow", "snapshot"]
+__all__ = [
+    "count_prediction",
+    "count_shadow",
+    "count_suggestion",
+    "count_feedback",
+    "count_tokens",
+    "count_reply_cache",
+    "snapshot",
+]
 
 _PREDICTIONS = "switchboard_model_predictions"
 _SHADOW = "switchboard_shadow_comparisons"
@@ -45,14 +53,14 @@ def _counter(name: str, description: str, keys: tuple[str, ...]) -> Any:
     return counter
 
 
-def _inc(name: str, description: str, tags: dict[str, str]) -> None:
+def _inc(name: str, description: str, tags: dict[str, str], amount: int = 1) -> None:
     with _lock:
-        _tally[(name, *(f"{k}={v}" for k, v in sorted(tags.items())))] += 1
+        _tally[(name, *(f"{k}={v}" for k, v in sorted(tags.items())))] += amount
         kind, counter = _counter(name, description, tuple(sorted(tags)))
     if kind == "ray":
-        counter.inc(1, tags=tags)
+        counter.inc(amount, tags=tags)
     elif kind == "prom":
-        counter.labels(**tags).inc()
+        counter.labels(**tags).inc(amount)
 
 
 def count_prediction(stage: str, model: str, variant: str) -> None:
@@ -70,6 +78,45 @@ def count_shadow(stage: str, champion: str, challenger: str, agree: bool) -> Non
         _SHADOW,
         "Shadow challenger comparisons by stage and agreement",
         {"stage": stage, "champion": champion, "challenger": challenger, "agree": str(agree).lower()},
+    )
+
+
+def count_suggestion(source: str, model: str, fallback: str | None) -> None:
+    """One final suggestion: ``source`` generated / cache / articles_only, ``fallback`` why (or ``none``)."""
+    _inc(
+        "switchboard_suggestions",
+        "Final suggestions by source, generator and fallback reason",
+        {"source": source, "model": model, "fallback": fallback or "none"},
+    )
+
+
+def count_feedback(model: str, source: str, action: str) -> None:
+    """Agent feedback on a suggestion; acceptance rate per model version =
+    accepted / all actions of ``switchboard_suggestion_feedback{model=...}``."""
+    _inc(
+        "switchboard_suggestion_feedback",
+        "Agent feedback on suggestions by generator, source and action",
+        {"model": model, "source": source, "action": action},
+    )
+
+
+def count_tokens(model: str, kind: str, amount: int) -> None:
+    """Generator tokens spent (``kind`` prompt or completion)."""
+    if amount > 0:
+        _inc(
+            "switchboard_generation_tokens",
+            "Generator tokens by model and kind",
+            {"model": model, "kind": kind},
+            amount,
+        )
+
+
+def count_reply_cache(hit: bool) -> None:
+    """A semantic-cache lookup after a failed generation (hit rate = hit=true / all)."""
+    _inc(
+        "switchboard_reply_cache_lookups",
+        "Semantic reply-cache lookups by outcome",
+        {"hit": str(hit).lower()},
     )
 
 

@@ -6,6 +6,7 @@ deployment handles with the same method names (``serve.handles``). The pipeline 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
 
     from models.asr.base import Transcription
     from models.diarization.base import SpeakerEmbedding
+    from models.generation.base import GenerationChunk, GenerationRequest
     from models.text.intent import IntentPrediction
     from models.text.redaction import RedactionResult
     from models.text.sentiment import SentimentScore
@@ -28,6 +30,7 @@ __all__ = [
     "AsrPort",
     "SpeakerPort",
     "FeaturePort",
+    "GeneratorPort",
     "ModelPorts",
 ]
 
@@ -76,6 +79,16 @@ class SpeakerPort(Protocol):
         ...
 
 
+class GeneratorPort(Protocol):
+    def stream(self, request: GenerationRequest, variant: str = "champion") -> AsyncIterator[GenerationChunk]:
+        """Text deltas of the reply (continuous batching across sessions happens behind this call)."""
+        ...
+
+    async def models(self) -> dict[str, str]:
+        """variant → the generator it serves."""
+        ...
+
+
 class FeaturePort(Protocol):
     """The customer's online features (Feast). Never raises: defaults on timeout or error."""
 
@@ -98,6 +111,7 @@ class ModelPorts:
         retriever: RetrieverPort,
         asr: AsrPort | None = None,
         speakers: SpeakerPort | None = None,
+        generator: GeneratorPort | None = None,
     ) -> None:
         self.guardrail = guardrail
         self.sentiment = sentiment
@@ -106,3 +120,4 @@ class ModelPorts:
         self.retriever = retriever
         self.asr = asr
         self.speakers = speakers
+        self.generator = generator

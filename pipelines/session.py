@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from models.asr.base import Word
+from models.generation.grounding import DEFAULT_TEMPLATE, PromptTemplate
 
 from .analytics import CallSignals, quality_summary
 from .config import Settings
@@ -34,13 +36,14 @@ from .events import (
     _Event,
     new_id,
 )
-from .metrics import count_prediction, count_shadow
+from .metrics import count_feedback, count_prediction, count_shadow
 from .ports import FeaturePort, ModelPorts
 from .review import ReviewQueue
 from .served import assign_variant
 from .stages.assist import AssistStage
 from .stages.base import Stage, Turn
 from .stages.escalation import EscalationRules, EscalationStage
+from .stages.generate import ReplyWriter
 from .stages.guardrail import GuardrailStage
 from .stages.planner import PlannerStage
 from .stages.sentiment import SentimentStage
@@ -73,6 +76,11 @@ class SessionState:
     signals: CallSignals = field(default_factory=CallSignals)  # for the post-call analytics
     features: asyncio.Future | None = None  # the customer's online features, fetched at session start
     _features_reader: Callable[[], Awaitable[Any]] | None = None  # one retry after a timeout or error
+    history: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=12))  # (speaker, redacted)
+    generation_tokens: int = 0  # prompt + completion tokens this session spent on generated replies
+    generating: set[asyncio.Task] = field(default_factory=set)  # replies still being generated
+    suggestion_models: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (source, model)
+    assist_sources: Counter[str] = field(default_factory=Counter)  # final suggestions by source
 
     async def customer_features(self) -> Any:
         """The online features (None when no feature store is configured). The read started at session start;
@@ -100,6 +108,8 @@ class Pipeline:
         review: ReviewQueue,
         settings: Settings,
         features: FeaturePort | None = None,
+        prompt: PromptTemplate | None = None,
+        provider: str = "our organisation",
     ) -> None:
         self.settings = settings
         self.store = store
@@ -111,7 +121,16 @@ class Pipeline:
         self.planner = PlannerStage(
             ports.embedder, ports.intent, threshold=settings.intent_threshold, timeout_s=t
         )
-        self.assist = AssistStage(ports.embedder, ports.retriever, top_k=settings.assist_top_k, timeout_s=t)
+        self.assist = AssistStage(
+            ports.embedder,
+            ports.retriever,
+            top_k=settings.assist_top_k,
+            timeout_s=t,
+            budget_s=settings.assist_budget_ms / 1000.0,
+        )
+        self.writer = ReplyWriter(
+            ports.generator, ports.guardrail, settings, prompt or DEFAULT_TEMPLATE, provider=provider
+        )
         self.escalation = EscalationStage(EscalationRules.load(settings.escalation_rules), timeout_s=t)
 
     @property
@@ -164,6 +183,8 @@ class Pipeline:
     async def end_session(
         self, state: SessionState, emit: Emit | None, *, status: str = "ended"
     ) -> SessionEnded:
+        if state.generating:  # replies being written finish (or hit their own budget) before the summary
+            await asyncio.wait(set(state.generating), timeout=self.settings.generation_timeout_s + 5.0)
         state.ended = True
         duration = state.clock()
         summary: dict[str, Any] = {
@@ -173,6 +194,8 @@ class Pipeline:
             "duration_s": duration,
             "variant": state.variant,
         }
+        if state.assist_sources or state.generation_tokens:
+            summary["assist"] = {**state.assist_sources, "tokens": state.generation_tokens}
         if state.features is not None and state.features.done() and not state.features.cancelled():
             summary["customer_features"] = getattr(state.features.result(), "source", None)
         summary["quality"] = quality_summary(
@@ -293,6 +316,7 @@ class Pipeline:
             return None
 
         state.signals.utterance(turn.speaker, start, end)
+        state.history.append((turn.speaker, turn.redacted))
         self.store.add_utterance(
             utterance_id=turn.utterance_id,
             session_id=state.session_id,
@@ -338,7 +362,13 @@ class Pipeline:
             turn.redacted, turn.sentiment.score if turn.sentiment is not None else None, turn.intent
         )
         for ev in await self._run(self.assist, turn, state, emit):
-            state.signals.suggestions += isinstance(ev, Suggestion)
+            if isinstance(ev, Suggestion):
+                state.signals.suggestions += 1
+                if self.writer.wanted(state, turn.hits):
+                    ev = ev.model_copy(update={"final": False})
+                    self._start_generation(state, turn, ev, emit)
+                else:
+                    self._final_suggestion(state, ev)
             await self.publish(state, emit, ev)
         for ev in await self._run(self.escalation, turn, state, emit):
             if isinstance(ev, Escalation):
@@ -355,6 +385,38 @@ class Pipeline:
                 )
             await self.publish(state, emit, ev)
         self._account(state, turn)
+
+    def _final_suggestion(self, state: SessionState, ev: Suggestion) -> None:
+        state.suggestion_models[ev.suggestion_id] = (ev.source, ev.model or ev.reranker or "faiss")
+        state.assist_sources[ev.source] += 1
+
+    def _start_generation(self, state: SessionState, turn: Turn, first: Suggestion, emit: Emit) -> None:
+        """Write the generated reply in the background: escalation and the next messages never wait for it."""
+        state.suggestion_models[first.suggestion_id] = (first.source, first.reranker or "faiss")
+
+        async def publish(ev: Any) -> None:
+            if isinstance(ev, Suggestion):
+                self._final_suggestion(state, ev)
+            self._record(state, ev)
+            try:
+                await emit(ev)
+            except Exception:  # the client went away: the reply is in the session log all the same
+                pass
+
+        async def run() -> None:
+            try:
+                await self.writer.write(turn, state, first, list(turn.hits), publish)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug here must not take the session down
+                log.error("reply writer failed (%s)", type(exc).__name__, extra={"session_id": state.session_id})
+                await publish(
+                    first.model_copy(update={"final": True, "fallback": "generation_error"})
+                )
+
+        task = asyncio.ensure_future(run())
+        state.generating.add(task)
+        task.add_done_callback(state.generating.discard)
 
     def _account(self, state: SessionState, turn: Turn) -> None:
         """Count which model and variant served each stage; record shadow-challenger results in the session
@@ -390,6 +452,9 @@ class Pipeline:
                 f"suggestion {fb.suggestion_id} was not sent in this session", code="unknown_suggestion"
             )
         record = fb.model_dump(mode="json", exclude_none=True)
+        source, model = state.suggestion_models.get(fb.suggestion_id, ("unknown", "unknown"))
+        record["source"], record["model"] = source, model
+        count_feedback(model, source, fb.action)
         state.signals.feedback[fb.action] += 1
         if fb.final_text:
             # The agent's edited text is stored too, so it passes the guardrail like any other text.

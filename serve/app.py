@@ -13,7 +13,16 @@ from ray.serve import Application
 
 from pipelines.config import Settings
 
-from .deployments import Asr, Embedder, Guardrail, IntentClassifier, KnowledgeBase, Sentiment, SpeakerEmbedder
+from .deployments import (
+    Asr,
+    Embedder,
+    Guardrail,
+    IntentClassifier,
+    KnowledgeBase,
+    ResponseGenerator,
+    Sentiment,
+    SpeakerEmbedder,
+)
 from .ingress import Ingress
 
 __all__ = ["AppArgs", "build_app", "settings_from_args"]
@@ -35,7 +44,9 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
         settings = settings.model_copy(update={"dev_token": resolve_dev_token(settings)})
     s = settings.model_dump(mode="json")
-    voice = {"asr": Asr.bind(s), "speakers": SpeakerEmbedder.bind(s)} if settings.voice else {}
+    optional = {"asr": Asr.bind(s), "speakers": SpeakerEmbedder.bind(s)} if settings.voice else {}
+    if settings.generation_backend != "none":
+        optional["generator"] = ResponseGenerator.bind(s)
     return Ingress.bind(
         Guardrail.bind(s),
         Sentiment.bind(s),
@@ -43,5 +54,5 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         IntentClassifier.bind(s),
         KnowledgeBase.bind(s),
         s,
-        **voice,
+        **optional,
     )

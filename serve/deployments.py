@@ -16,6 +16,7 @@ from pipelines.asr_queue import AsrQueue
 from pipelines.backends import (
     build_asr,
     build_embedder,
+    build_generator,
     build_guardrail,
     build_intent,
     build_retriever,
@@ -32,6 +33,7 @@ __all__ = [
     "KnowledgeBase",
     "Asr",
     "SpeakerEmbedder",
+    "ResponseGenerator",
 ]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -202,3 +204,46 @@ class SpeakerEmbedder(_ModelDeployment):
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def embed(self, audios: list[np.ndarray]) -> list[Any]:
         return await asyncio.to_thread(lambda: [self.model.embed(a) for a in audios])
+
+
+@serve.deployment(
+    name="response_generator",
+    max_ongoing_requests=256,
+    max_queued_requests=-1,
+    ray_actor_options={"num_cpus": 1},
+    health_check_timeout_s=60,
+)
+class ResponseGenerator(_ModelDeployment):
+    """Suggested replies: vLLM's async engine in this replica (continuous batching across every session's
+    requests), or a client of an OpenAI-compatible server, or the plain transformers loop. Streams deltas.
+
+    A model that cannot load leaves the replica up and every request failing with a clear message, so the
+    sessions get their articles (the pipeline's fallback) instead of an app that will not start."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
+        from models.generation.base import GenerationError
+
+        self._error_type = GenerationError
+        self.model: Any = None
+        self.load_error: str | None = None
+        try:
+            self.model = build_generator(self.settings)
+        except (FileNotFoundError, ImportError, ValueError) as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            import logging
+
+            logging.getLogger("switchboard.generation").error("no generator: %s", self.load_error)
+
+    async def stream(self, request: Any, variant: str = "champion") -> Any:
+        if self.model is None:
+            raise self._error_type(f"the generator did not load ({self.load_error}); run `make setup`")
+        async for chunk in self.model.stream(request):
+            yield chunk
+
+    async def models(self) -> dict[str, str]:
+        return {"champion": self.model.name if self.model is not None else f"unavailable: {self.load_error}"}
+
+    async def __del__(self) -> None:
+        if self.model is not None:
+            await self.model.close()

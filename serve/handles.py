@@ -10,7 +10,7 @@ from ray.serve.handle import DeploymentHandle
 
 from pipelines.ports import ModelPorts
 
-__all__ = ["HandlePort", "handle_ports"]
+__all__ = ["HandlePort", "GeneratorHandlePort", "handle_ports"]
 
 
 class HandlePort:
@@ -28,6 +28,20 @@ class HandlePort:
         return call
 
 
+class GeneratorHandlePort:
+    """The streaming generator behind a deployment handle: ``async for chunk in port.stream(request)``."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self._handle = handle
+        self._stream = handle.options(stream=True)
+
+    def stream(self, request: Any, variant: str = "champion") -> Any:
+        return self._stream.stream.remote(request, variant)
+
+    async def models(self) -> dict[str, str]:
+        return await self._handle.models.remote()
+
+
 def handle_ports(
     guardrail: DeploymentHandle,
     sentiment: DeploymentHandle,
@@ -36,6 +50,7 @@ def handle_ports(
     retriever: DeploymentHandle,
     asr: DeploymentHandle | None = None,
     speakers: DeploymentHandle | None = None,
+    generator: DeploymentHandle | None = None,
 ) -> ModelPorts:
     return ModelPorts(
         guardrail=HandlePort(guardrail),
@@ -45,4 +60,5 @@ def handle_ports(
         retriever=HandlePort(retriever),
         asr=HandlePort(asr) if asr is not None else None,
         speakers=HandlePort(speakers) if speakers is not None else None,
+        generator=GeneratorHandlePort(generator) if generator is not None else None,
     )

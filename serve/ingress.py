@@ -88,6 +88,7 @@ class Ingress:
         settings: dict[str, Any],
         asr: DeploymentHandle | None = None,
         speakers: DeploymentHandle | None = None,
+        generator: DeploymentHandle | None = None,
     ) -> None:
         self.settings = Settings(**settings)
         self.auth = TokenAuthority(self.settings.dev_token or "")
@@ -99,10 +100,11 @@ class Ingress:
             "knowledge_base": retriever,
             **({"asr": asr} if asr is not None else {}),
             **({"speaker_embedder": speakers} if speakers is not None else {}),
+            **({"response_generator": generator} if generator is not None else {}),
         }
         self.store = SessionStore(self.settings.sqlalchemy_url)
         review = ReviewQueue(self.store, load_or_create_key(self.settings.resolved_review_key_file))
-        self.ports = handle_ports(guardrail, sentiment, embedder, intent, retriever, asr, speakers)
+        self.ports = handle_ports(guardrail, sentiment, embedder, intent, retriever, asr, speakers, generator)
         from pipelines.features import FeatureClient
 
         # customer features for escalation priority and the post-call push; reads time out to defaults
@@ -111,7 +113,19 @@ class Ingress:
             self.features.store()
         except Exception as exc:  # reads fall back to defaults and retry; /healthz shows it
             log.warning("feature store unavailable at start (%s): default features until it is", exc)
-        self.pipeline = Pipeline(self.ports, self.store, review, self.settings, features=self.features)
+        from pipelines.generation import load_prompt_template
+
+        from pipelines.indexing import provider_name
+
+        self.pipeline = Pipeline(
+            self.ports,
+            self.store,
+            review,
+            self.settings,
+            features=self.features,
+            prompt=load_prompt_template(self.settings) if generator is not None else None,
+            provider=provider_name(self.settings.kb_path),
+        )
         self.vad = None
         self.recordings = None
         if asr is not None:
@@ -168,12 +182,18 @@ class Ingress:
             )
         except AuthError as exc:
             return JSONResponse(exc.to_event().wire(), status_code=401)
-        names = ("sentiment", "intent", "knowledge_base")
+        names = [n for n in ("sentiment", "intent", "knowledge_base", "response_generator") if n in self._handles]
         served = await asyncio.gather(*(self._handles[n].models.remote() for n in names))
+        writer = self.pipeline.writer
         return JSONResponse(
             {
                 "models": dict(zip(names, served, strict=True)),
                 "ab": {"mode": self.settings.ab_mode, "challenger_share": self.settings.ab_challenger_share},
+                "generation": {
+                    "backend": self.settings.generation_backend,
+                    "prompt": writer.prompt.version,
+                    "reply_cache": writer.cache.stats(),
+                },
             }
         )
 

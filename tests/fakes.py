@@ -28,3 +28,59 @@ class Failing:
             return await getattr(self.inner, name)(*args)
 
         return call
+
+
+class FaultyGenerator:
+    """Wraps a real generator port (``stream``/``models``) and injects one fault while ``fault`` is set:
+    ``raise`` (GenerationError after ``after`` chunks), ``hang`` (stops yielding after ``after`` chunks, as a
+    wedged engine does). ``fault=None`` passes everything through."""
+
+    def __init__(self, inner: Any, fault: str | None = None, after: int = 1) -> None:
+        self.inner = inner
+        self.fault = fault
+        self.after = after
+        self.calls = 0
+
+    async def stream(self, request: Any, variant: str = "champion") -> Any:
+        from models.generation.base import GenerationError
+
+        self.calls += 1
+        n = 0
+        async for chunk in self.inner.stream(request, variant):
+            if self.fault is not None and n >= self.after:
+                if self.fault == "raise":
+                    raise GenerationError("injected: engine died mid-reply")
+                await asyncio.Event().wait()  # hang until the caller's budget cancels us
+            n += 1
+            yield chunk
+
+    async def models(self) -> dict[str, str]:
+        return await self.inner.models()
+
+
+class ScriptedGenerator:
+    """A generator port that streams a fixed text word by word, in the real chunk format: for the cases a real
+    small model does not produce on demand (an invented fact, personal data in the output)."""
+
+    def __init__(self, text: str, name: str = "scripted@1") -> None:
+        self.text = text
+        self.name = name
+
+    async def stream(self, request: Any, variant: str = "champion") -> Any:
+        from models.generation.base import GenerationChunk
+
+        words = self.text.split(" ")
+        for i, word in enumerate(words):
+            last = i == len(words) - 1
+            yield GenerationChunk(
+                text=word + ("" if last else " "),
+                finished=last,
+                finish_reason="stop" if last else None,
+                prompt_tokens=100,
+                completion_tokens=i + 1,
+                model=self.name,
+            )
+            await asyncio.sleep(0)
+
+    async def models(self) -> dict[str, str]:
+        return {"champion": self.name}

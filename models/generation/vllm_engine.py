@@ -9,7 +9,6 @@ prompt the engine sees is exactly the one the caller built.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -70,8 +69,6 @@ class VllmGenerator:
             raise FileNotFoundError(f"{self.model_dir} is not a Hugging Face model folder (no config.json)")
         self.name = name or self.model_dir.name
         cpu = _on_cpu()
-        if cpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         args = dict(
             model=str(self.model_dir),
@@ -81,6 +78,8 @@ class VllmGenerator:
             enforce_eager=cpu,
             disable_log_stats=True,
         )
+        if cpu:  # a fixed KV cache; otherwise vLLM wants 92 % of the machine's memory free at start
+            args["kv_cache_memory_bytes"] = kv_cache_gib * 2**30
         args.update(engine_kwargs)
         started = time.perf_counter()
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))

@@ -1,9 +1,12 @@
 """Assist (retrieval part): search the knowledge base with the turn's embedding and suggest the top
 article's reply with the articles behind it. When search fails, the most recent good articles for the same
-intent (or any intent) are served from a small in-process cache, marked ``fallback: cached_articles``."""
+intent (or any intent) are served from a small in-process cache, marked ``fallback: cached_articles``; when it
+misses the assist budget (500 ms by default) they are served at once too (``fallback: assist_budget``).
+The generated reply (``generate.ReplyWriter``) follows these articles; it never delays them."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
@@ -24,9 +27,15 @@ class AssistStage(Stage):
     name = "assist"
 
     def __init__(
-        self, embedder: EmbedderPort, retriever: RetrieverPort, top_k: int = 3, timeout_s: float = 5.0
+        self,
+        embedder: EmbedderPort,
+        retriever: RetrieverPort,
+        top_k: int = 3,
+        timeout_s: float = 5.0,
+        budget_s: float | None = None,
     ) -> None:
         super().__init__(timeout_s)
+        self.budget_s = budget_s
         self.embedder = embedder
         self.retriever = retriever
         self.top_k = top_k
@@ -42,6 +51,7 @@ class AssistStage(Stage):
     ) -> list:
         suggestion_id = new_id("sug")
         state.suggestions.add(suggestion_id)
+        turn.hits = list(hits)
         return [
             Suggestion(
                 suggestion_id=suggestion_id,
@@ -55,7 +65,23 @@ class AssistStage(Stage):
             )
         ]
 
+    def _cached(self, intent: str | None) -> list[Hit] | None:
+        hits = self._recent.get(intent or "other")
+        if hits is None and self._recent:
+            hits = next(reversed(self._recent.values()))
+        return hits
+
     async def process(self, turn: Turn, state: SessionState) -> list:
+        search = asyncio.ensure_future(self._search(turn, state))
+        recent = self._recent.get(turn.intent or "other")  # same intent only: stale but on topic
+        if self.budget_s is not None and recent is not None:
+            done, _ = await asyncio.wait({search}, timeout=self.budget_s)
+            if not done:  # over budget: the agent gets the last good articles now, not the late ones
+                search.cancel()
+                return self._suggestion(turn, state, recent, fallback="assist_budget")
+        return await search
+
+    async def _search(self, turn: Turn, state: SessionState) -> list:
         if turn.vector is None:
             turn.vector = await self.embedder.embed(turn.redacted)
         result = await self.retriever.search(
@@ -71,9 +97,7 @@ class AssistStage(Stage):
         return self._suggestion(turn, state, hits, reranker=result.reranker)
 
     async def fallback(self, turn: Turn, state: SessionState, error: BaseException) -> list:
-        hits = self._recent.get(turn.intent or "other")
-        if hits is None and self._recent:
-            hits = next(reversed(self._recent.values()))
+        hits = self._cached(turn.intent)
         if hits is None:
             raise error
         return self._suggestion(turn, state, hits, fallback="cached_articles")

@@ -36,6 +36,7 @@ class Turn:
     intent: str | None = None
     intent_confidence: float = 0.0
     flags: tuple[str, ...] = ()
+    hits: list[Any] = field(default_factory=list)  # the articles assist chose (models.retrieval.index.Hit)
     predictions: dict[str, Any] = field(default_factory=dict)  # stage -> result with .model/.variant/.shadow
     timings_ms: dict[str, float] = field(default_factory=dict)
 
