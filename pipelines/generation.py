@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import logging
 import re
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from models.generation.convert import gguf_to_hf, is_hf_causal_lm, packaged_smollm2_gguf
-from models.generation.grounding import DEFAULT_TEMPLATE, PromptTemplate
+from models.generation.grounding import DEFAULT_TEMPLATE, ArticleContext, PromptTemplate
 
 from .config import PACKAGE_DIR, Settings
 
@@ -64,7 +63,6 @@ PROMPT_NAME = "assist_reply"
 SMOLLM2_FOLDER = "smollm2-135m-instruct"
 EVAL_FILE = PACKAGE_DIR / "kb" / "retrieval_eval.yaml"  # held out: nothing is trained or tuned on it
 MODEL_MARKERS = ("model.safetensors", "model.safetensors.index.json")  # one file, or shards with their index
-PLACEHOLDERS = frozenset({"articles", "conversation", "intent", "provider", "example_id"})
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 _ROLES = frozenset({"system", "user", "assistant"})
 
@@ -256,18 +254,37 @@ def load_prompt_template(settings: Settings, spec: str | None = None) -> PromptT
     return PromptTemplate.from_registry_template(prompt.template, version=f"{prompt.name}@{prompt.version}")
 
 
+_KNOWN_PLACEHOLDERS = ("articles", "question", "conversation", "intent", "provider", "example_id")
+
+
+def _unfilled(template: PromptTemplate) -> set[str]:
+    """The placeholders ``template.render`` leaves as they are (it fills the names it knows)."""
+    rendered = template.render(
+        articles=[ArticleContext("kb-x", "x", "x")], conversation=[("customer", "x")], intent="x"
+    )
+    return set(_PLACEHOLDER.findall("\n".join(m["content"] for m in rendered)))
+
+
+def placeholders() -> list[str]:
+    """The ``{{names}}`` a prompt may use (those of the known ones ``PromptTemplate.render`` fills)."""
+    probe = PromptTemplate(messages=(("user", " ".join("{{" + p + "}}" for p in _KNOWN_PLACEHOLDERS)),))
+    return [p for p in _KNOWN_PLACEHOLDERS if p not in _unfilled(probe)]
+
+
 def _validate(template: PromptTemplate) -> PromptTemplate:
     if not template.messages:
         raise ValueError("the prompt has no messages")
     text = "\n".join(content for _, content in template.messages)
-    unknown = sorted(set(_PLACEHOLDER.findall(text)) - PLACEHOLDERS)
+    used = set(_PLACEHOLDER.findall(text))
+    unknown = sorted(_unfilled(template) & used)
     if unknown:
         raise ValueError(
-            f"unknown placeholder {{{{{unknown[0]}}}}}; the generator fills {', '.join(sorted(PLACEHOLDERS))}"
+            f"unknown placeholder {{{{{unknown[0]}}}}}; the generator fills {', '.join(placeholders())}"
         )
-    for needed in ("articles", "conversation"):
-        if not re.search(r"\{\{\s*" + needed + r"\s*\}\}", text):
-            raise ValueError(f"the prompt must contain {{{{{needed}}}}}: replies are grounded in it")
+    if "articles" not in used:
+        raise ValueError("the prompt must contain {{articles}}: replies are grounded in them")
+    if not used & {"question", "conversation"}:
+        raise ValueError("the prompt must contain {{question}} or {{conversation}}")
     bad = sorted({role for role, _ in template.messages} - _ROLES)
     if bad:
         raise ValueError(f"unknown role {bad[0]!r}: use system, user or assistant")
@@ -311,7 +328,7 @@ def template_to_yaml(template: PromptTemplate) -> str:
     )
     return (
         f"# prompt {template.version}; placeholders: "
-        + ", ".join("{{" + p + "}}" for p in sorted(PLACEHOLDERS))
+        + ", ".join("{{" + p + "}}" for p in placeholders())
         + "\n# register: python -m pipelines.generation register-prompt --file THIS.yaml --alias challenger\n"
         + "commit_message: describe the change\n"
         + body
@@ -363,7 +380,8 @@ def promote_prompt(settings: Settings, name: str = PROMPT_NAME) -> str:
 def setup(settings: Settings, *, if_missing: bool = False) -> dict[str, str | None]:
     """The packaged SmolLM2 → ``response_generator`` (1.0.0 for the first version) ``@champion``, unless
     ``if_missing`` and a champion or challenger is registered; the built-in prompt → ``assist_reply@champion``
-    unless the prompt already has a champion. Returns what was registered (None: nothing)."""
+    unless the prompt already has a champion (other than an earlier built-in template, which the current one
+    replaces). Returns what was registered (None: nothing)."""
     done: dict[str, str | None] = {"model": None, "prompt": None}
     registered = None
     if if_missing:
@@ -382,9 +400,15 @@ def setup(settings: Settings, *, if_missing: bool = False) -> dict[str, str | No
         prompt = _client(settings).load_prompt(
             f"prompts:/{PROMPT_NAME}@champion", allow_missing=True, cache_ttl_seconds=0
         )
-    if prompt is not None:
+    stale = (
+        prompt is not None
+        and (prompt.tags or {}).get("source") == DEFAULT_TEMPLATE.version
+        and PromptTemplate.from_registry_template(prompt.template, "").messages != DEFAULT_TEMPLATE.messages
+    )
+    if prompt is not None and not stale:
         print(f"==> prompt {PROMPT_NAME}: version {prompt.version} is the champion, skipping", flush=True)
     else:
+        # none yet, or the champion is an earlier built-in template (never a prompt someone registered)
         done["prompt"] = register_prompt_template(
             DEFAULT_TEMPLATE, settings, alias="champion", commit_message="built-in template (setup)"
         )
@@ -394,6 +418,7 @@ def setup(settings: Settings, *, if_missing: bool = False) -> dict[str, str | No
 
 # ---------------------------------------------------------------- evaluation
 
+_PROVIDER = "our organisation"  # PromptTemplate.render's default, as the serving stage uses it
 _WORD = re.compile(r"[a-z0-9]+")
 _CITATION = re.compile(r"\s*\[(?:kb|KB)[-\w.]*\]")
 
@@ -480,15 +505,20 @@ async def _generate_all(
     from tqdm import tqdm
 
     from models.generation.base import GenerationRequest, collect
-    from models.generation.grounding import ArticleContext, check_grounding, clean_answer
+    from models.generation.grounding import check_grounding, clean_answer
 
     rows = []
     for question, hits, replies in tqdm(
         cases, desc="generating", unit="question", file=sys.stderr, disable=not progress
     ):
-        articles = [ArticleContext(h.id, h.title, f"{h.text} {h.reply}".strip()) for h in hits]
+        # as the serving stage (pipelines/stages/generate.py) builds them: the prompt shows each article's reply,
+        # the check reads its chunk and reply
+        articles = [
+            ArticleContext(h.id, h.title, f"{h.text.strip()}\n{h.reply.strip()}".strip(), summary=h.reply)
+            for h in hits
+        ]
         messages = template.render(
-            articles=articles, conversation=[("customer", question["query"])], intent=None
+            articles=articles, conversation=[("customer", question["query"])], intent=None, provider=_PROVIDER
         )
         started = time.perf_counter()
         text, last = await collect(
@@ -496,7 +526,12 @@ async def _generate_all(
         )
         latency = time.perf_counter() - started
         answer = clean_answer(text, truncated=last.finish_reason == "length")
-        shown, report = check_grounding(answer, articles, min_support=settings.grounding_min_support)
+        shown, report = check_grounding(
+            answer,
+            articles,
+            min_support=settings.grounding_min_support,
+            question=f"{question['query']} {_PROVIDER}",  # the provider's name is not a fact
+        )
         gold = question["gold"]
         references = [replies[g] for g in gold if g in replies]
         baseline = hits[0].reply if hits else ""
@@ -591,8 +626,6 @@ def evaluate(
             await generator.close()
 
     rows = asyncio.run(run(generator))
-    del generator  # release the engine now, not during interpreter shutdown (vLLM's __del__ fails there)
-    gc.collect()
     metrics = summarize(rows)
     params = {
         "model": model_label,
@@ -661,8 +694,9 @@ def main(argv: list[str] | None = None) -> int:
     prompt_p = sub.add_parser(
         "register-prompt",
         help="register a prompt template version",
-        description="Register a chat prompt (YAML: `messages:` list of role/content with {{articles}}, "
-        "{{conversation}}, {{intent}}, {{provider}}, {{example_id}}) as a new version of assist_reply.",
+        description="Register a chat prompt (YAML: `messages:` list of role/content with {{articles}} and "
+        "{{question}} or {{conversation}}; also {{intent}}, {{provider}}, {{example_id}}) as a new version of "
+        "assist_reply.",
     )
     source = prompt_p.add_mutually_exclusive_group(required=True)
     source.add_argument("--file", type=Path, help="YAML file (`show-prompt` prints one to start from)")
