@@ -51,7 +51,9 @@ __all__ = [
     "register_generator",
     "promote_prompt",
     "setup",
+    "placeholders",
     "token_f1",
+    "summarize",
     "evaluate",
     "main",
 ]
