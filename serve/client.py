@@ -38,12 +38,14 @@ class SessionClient:
         return json.loads(await asyncio.wait_for(self.ws.recv(), wait_s))
 
     async def recv_until(self, type_: str, wait_s: float = 30.0) -> list[dict[str, Any]]:
-        """Every event up to and including the first of ``type_`` (or an ``error``)."""
+        """Every event up to and including the first of ``type_`` (or an ``error``). For
+        ``assist.suggestion`` that is the *final* one: a suggestion with ``final: false`` is followed by its
+        generated version (``assist.delta`` events, then the final ``assist.suggestion``)."""
         events = []
         while True:
             event = await self.recv(wait_s)
             events.append(event)
-            if event["type"] in (type_, "error"):
+            if event["type"] == "error" or (event["type"] == type_ and event.get("final", True)):
                 return events
 
     async def start(

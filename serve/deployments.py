@@ -210,7 +210,7 @@ class SpeakerEmbedder(_ModelDeployment):
     name="response_generator",
     max_ongoing_requests=256,
     max_queued_requests=-1,
-    ray_actor_options={"num_cpus": 1},
+    ray_actor_options={"num_cpus": 0.3},  # GPU replicas: cluster/serve-gpu.yaml
     health_check_timeout_s=60,
 )
 class ResponseGenerator(_ModelDeployment):

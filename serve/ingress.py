@@ -114,7 +114,6 @@ class Ingress:
         except Exception as exc:  # reads fall back to defaults and retry; /healthz shows it
             log.warning("feature store unavailable at start (%s): default features until it is", exc)
         from pipelines.generation import load_prompt_template
-
         from pipelines.indexing import provider_name
 
         self.pipeline = Pipeline(

@@ -36,7 +36,7 @@ def pg_session_database():
 
 
 @pytest.fixture(scope="session")
-def app(tmp_path_factory, index_dir, pg_session_database):
+def app(tmp_path_factory, index_dir, pg_session_database, smollm2_dir):
     """The real Serve application from cluster/serve-local.yaml, on a free port."""
     from serve.run import launch, shutdown
 
@@ -55,6 +55,7 @@ def app(tmp_path_factory, index_dir, pg_session_database):
             "index_dir": str(index_dir),
             "database_url": pg_session_database,
             "model_refresh_s": 1.0,  # alias moves reach the replicas within a second
+            "generation_model": str(smollm2_dir),  # the packaged SmolLM2 on the real vLLM engine
         },
         port=_free_port(),
         grpc_port=_free_port(),

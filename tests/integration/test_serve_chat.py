@@ -29,6 +29,7 @@ def test_healthz_reports_every_deployment(app):
         "knowledge_base",
         "asr",
         "speaker_embedder",
+        "response_generator",
     }
 
 
