@@ -140,4 +140,7 @@ class VllmGenerator:
                     pass
 
     async def close(self) -> None:
-        self.engine.shutdown()
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.shutdown()
+            del engine  # shut down now, not in __del__ at interpreter exit (noisy there)
