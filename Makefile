@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYANNOTE_METRICS_ENABLED := false
 SITE = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-.PHONY: help install index features train setup demo serve test lint bench schema clean
+.PHONY: help install index features train generator setup demo serve test lint bench schema clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -46,7 +46,10 @@ features: $(STAMP) ## Feast: sample customer data, feast apply, materialize (cac
 train: index ## train, evaluate and register sentiment, intent and reranker models in MLflow (cached)
 	@$(PY) -m pipelines.training all --if-missing
 
-setup: index features train ## everything the app needs on first run: index, features, trained models
+generator: $(STAMP) ## the packaged SmolLM2 as a Hugging Face folder, registered as response_generator + prompt (cached)
+	@$(PY) -m pipelines.generation setup --if-missing
+
+setup: index features train generator ## everything the app needs on first run: index, features, models
 
 demo: setup ## start the app, play a scripted chat, print the live events, shut down
 	@$(PY) -m serve.demo

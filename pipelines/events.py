@@ -235,10 +235,11 @@ class Suggestion(_Event):
     reranker: str | None = Field(
         default=None, description="cross-encoder (name@version) that ordered the articles; unset: FAISS order"
     )
-    final: bool = Field(
-        default=True,
+    final: bool | None = Field(
+        default=None,
         description="false: a generated version of this suggestion follows (`assist.delta` events, then an "
-        "`assist.suggestion` with the same `suggestion_id` and `final: true` that replaces this one)",
+        "`assist.suggestion` with the same `suggestion_id` and `final: true` that replaces this one); "
+        "absent: nothing follows",
     )
     model: str | None = Field(default=None, description="generator (name@version) behind generated text")
     citations: list[str] | None = Field(default=None, description="ids of the articles the generated text uses")

@@ -72,6 +72,19 @@ def render(event: dict) -> str:
             f"      intent: {event['intent']} {event['confidence']:.2f}{guess} ({event['model']})"
             + (f"  [{ents}]" if ents else ""),
         )
+    if t == "assist.suggestion" and event.get("final", True) and event.get("model"):
+        # the generated version of a suggestion whose articles were shown first
+        tokens = event.get("tokens") or {}
+        head = (
+            f"      reply [{event['source']}"
+            + (f", {event['fallback']}" if event.get("fallback") else "")
+            + f", {event['model']}, first token {event.get('first_token_ms') or 0:.0f} ms, "
+            f"done {event['latency_ms']:.0f} ms, {tokens.get('completion', 0)} tokens]"
+        )
+        if event["source"] == "generated":
+            return _c("1;34", f"{head}: {event['text']}  (cites {', '.join(event.get('citations') or [])})")
+        reason = (event.get("grounding") or {}).get("reason")
+        return _c("34", f"{head}: articles shown" + (f" ({reason})" if reason else ""))
     if t == "assist.suggestion":
         arts = "; ".join(f"{a['title']} ({a['score']:.2f})" for a in event["articles"])
         ranked = f", reranked by {event['reranker']}" if event.get("reranker") else ""
@@ -79,6 +92,8 @@ def render(event: dict) -> str:
             "34",
             f"      suggest ({event['latency_ms']:.0f} ms{ranked}): {event['text']}\n        articles: {arts}",
         )
+    if t == "assist.delta":
+        return _c("2;34", f"        ~ {event['text'].strip()}")
     if t == "escalation":
         return _c("1;31", f"   ⚠ ESCALATION → {event['queue']} [{event['priority']}]: {event['reason']}")
     if t == "error":
