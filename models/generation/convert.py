@@ -46,7 +46,10 @@ def gguf_to_hf(gguf: Path, out_dir: Path, *, progress: bool = True) -> Path:
     tmp = out_dir.with_name(out_dir.name + ".partial")
     started = time.perf_counter()
     if progress:
-        print(f"==> converting {gguf.name} to a Hugging Face folder (dequantising to float32, ~35 s)", flush=True)
+        print(
+            f"==> converting {gguf.name} to a Hugging Face folder (dequantising to float32, ~35 s)",
+            flush=True,
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent),
