@@ -420,7 +420,6 @@ def setup(settings: Settings, *, if_missing: bool = False) -> dict[str, str | No
 
 # ---------------------------------------------------------------- evaluation
 
-_PROVIDER = "our organisation"  # PromptTemplate.render's default, as the serving stage uses it
 _WORD = re.compile(r"[a-z0-9]+")
 _CITATION = re.compile(r"\s*\[(?:kb|KB)[-\w.]*\]")
 
@@ -509,6 +508,9 @@ async def _generate_all(
     from models.generation.base import GenerationRequest, collect
     from models.generation.grounding import check_grounding, clean_answer
 
+    from .indexing import provider_name
+
+    provider = provider_name(settings.kb_path)  # as serving renders and checks replies
     rows = []
     for question, hits, replies in tqdm(
         cases, desc="generating", unit="question", file=sys.stderr, disable=not progress
@@ -520,7 +522,7 @@ async def _generate_all(
             for h in hits
         ]
         messages = template.render(
-            articles=articles, conversation=[("customer", question["query"])], intent=None, provider=_PROVIDER
+            articles=articles, conversation=[("customer", question["query"])], intent=None, provider=provider
         )
         started = time.perf_counter()
         text, last = await collect(
@@ -532,7 +534,7 @@ async def _generate_all(
             answer,
             articles,
             min_support=settings.grounding_min_support,
-            question=f"{question['query']} {_PROVIDER}",  # the provider's name is not a fact
+            question=f"{question['query']} {provider}",  # the provider's name is not a fact
         )
         gold = question["gold"]
         references = [replies[g] for g in gold if g in replies]
