@@ -28,7 +28,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from models.generation.convert import gguf_to_hf, is_hf_causal_lm, packaged_smol
 from models.generation.grounding import DEFAULT_TEMPLATE, ArticleContext, PromptTemplate
 
 from .config import PACKAGE_DIR, Settings
+from .training.common import RegisteredVersion
 
 __all__ = [
     "MODEL_NAME",
@@ -156,16 +156,7 @@ def resolve_generator_model(settings: Settings) -> tuple[Path, str]:
     )
 
 
-@dataclass(frozen=True)
-class RegisteredGenerator:
-    name: str
-    version: str
-    semver: str
-    alias: str | None
-
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
+RegisteredGenerator = RegisteredVersion  # the same record the training CLIs return
 
 
 def _as_model_folder(source: Path, settings: Settings) -> Path:
