@@ -128,8 +128,9 @@ def build_cases(settings: Any, questions: list[str]) -> tuple[list[Case], dict[s
             continue
         turn = SimpleNamespace(intent=intent)
         state = SimpleNamespace(history=deque([("customer", text)], maxlen=12))
-        request = writer.request(turn, state, hits, "")  # type: ignore[arg-type]
-        cases.append(Case(text, request, writer.articles(hits)))
+        articles = writer.articles(hits)
+        request = writer.request(turn, state, articles, "")  # type: ignore[arg-type]
+        cases.append(Case(text, request, articles))
     info = {
         "questions": len(questions),
         "prompts": len(cases),

@@ -237,19 +237,6 @@ class LocalAsr(_Local):
         return await self._queue.transcribe(audio, role, key)
 
 
-class LocalGenerator:
-    """A generator in this process (tests, the single-process path): the same ``stream`` the deployment has."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    def stream(self, request: Any, variant: str = "champion") -> Any:
-        return self.model.stream(request)
-
-    async def models(self) -> dict[str, str]:
-        return {"champion": self.model.name}
-
-
 class LocalSpeakers(_Local):
     async def embed(self, audio: np.ndarray) -> Any:
         return await self._call(self.model.embed, audio)

@@ -80,12 +80,10 @@ class SpeakerPort(Protocol):
 
 
 class GeneratorPort(Protocol):
-    def stream(self, request: GenerationRequest, variant: str = "champion") -> AsyncIterator[GenerationChunk]:
-        """Text deltas of the reply (continuous batching across sessions happens behind this call)."""
-        ...
+    """Any ``models.generation`` backend in this process, or the ``response_generator`` deployment."""
 
-    async def models(self) -> dict[str, str]:
-        """variant → the generator it serves."""
+    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Text deltas of the reply (continuous batching across sessions happens behind this call)."""
         ...
 
 

@@ -76,11 +76,10 @@ class SessionState:
     signals: CallSignals = field(default_factory=CallSignals)  # for the post-call analytics
     features: asyncio.Future | None = None  # the customer's online features, fetched at session start
     _features_reader: Callable[[], Awaitable[Any]] | None = None  # one retry after a timeout or error
-    history: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=12))  # (speaker, redacted)
+    history: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=6))  # (speaker, redacted)
     generation_tokens: int = 0  # prompt + completion tokens this session spent on generated replies
     generating: set[asyncio.Task] = field(default_factory=set)  # replies still being generated
     suggestion_models: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (source, model)
-    assist_sources: Counter[str] = field(default_factory=Counter)  # final suggestions by source
 
     async def customer_features(self) -> Any:
         """The online features (None when no feature store is configured). The read started at session start;
@@ -194,8 +193,9 @@ class Pipeline:
             "duration_s": duration,
             "variant": state.variant,
         }
-        if state.assist_sources or state.generation_tokens:
-            summary["assist"] = {**state.assist_sources, "tokens": state.generation_tokens}
+        if state.suggestion_models:
+            sources = Counter(source for source, _ in state.suggestion_models.values())
+            summary["assist"] = {**sources, "tokens": state.generation_tokens}
         if state.features is not None and state.features.done() and not state.features.cancelled():
             summary["customer_features"] = getattr(state.features.result(), "source", None)
         summary["quality"] = quality_summary(
@@ -387,25 +387,24 @@ class Pipeline:
         self._account(state, turn)
 
     def _final_suggestion(self, state: SessionState, ev: Suggestion) -> None:
+        """What feedback on this suggestion is about (and, at the end, the summary's count by source)."""
         state.suggestion_models[ev.suggestion_id] = (ev.source, ev.model or ev.reranker or "faiss")
-        state.assist_sources[ev.source] += 1
 
     def _start_generation(self, state: SessionState, turn: Turn, first: Suggestion, emit: Emit) -> None:
         """Write the generated reply in the background: escalation and the next messages never wait for it."""
-        state.suggestion_models[first.suggestion_id] = (first.source, first.reranker or "faiss")
+        self._final_suggestion(state, first)  # until the generated version replaces it
 
         async def publish(ev: Any) -> None:
             if isinstance(ev, Suggestion):
                 self._final_suggestion(state, ev)
-            self._record(state, ev)
             try:
-                await emit(ev)
+                await self.publish(state, emit, ev)
             except Exception:  # the client went away: the reply is in the session log all the same
                 pass
 
         async def run() -> None:
             try:
-                await self.writer.write(turn, state, first, list(turn.hits), publish)
+                await self.writer.write(turn, state, first, publish)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug here must not take the session down

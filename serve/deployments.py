@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from models.generation.base import GenerationError
 from models.text.redaction import PiiDetectionError, RedactionResult
 from pipelines.asr_queue import AsrQueue
 from pipelines.backends import (
@@ -222,9 +223,6 @@ class ResponseGenerator(_ModelDeployment):
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
-        from models.generation.base import GenerationError
-
-        self._error_type = GenerationError
         self.model: Any = None
         self.load_error: str | None = None
         try:
@@ -235,9 +233,9 @@ class ResponseGenerator(_ModelDeployment):
 
             logging.getLogger("switchboard.generation").error("no generator: %s", self.load_error)
 
-    async def stream(self, request: Any, variant: str = "champion") -> Any:
+    async def stream(self, request: Any) -> Any:
         if self.model is None:
-            raise self._error_type(f"the generator did not load ({self.load_error}); run `make setup`")
+            raise GenerationError(f"the generator did not load ({self.load_error}); run `make setup`")
         async for chunk in self.model.stream(request):
             yield chunk
 

@@ -32,14 +32,10 @@ class GeneratorHandlePort:
     """The streaming generator behind a deployment handle: ``async for chunk in port.stream(request)``."""
 
     def __init__(self, handle: DeploymentHandle) -> None:
-        self._handle = handle
         self._stream = handle.options(stream=True)
 
-    def stream(self, request: Any, variant: str = "champion") -> Any:
-        return self._stream.stream.remote(request, variant)
-
-    async def models(self) -> dict[str, str]:
-        return await self._handle.models.remote()
+    def stream(self, request: Any) -> Any:
+        return self._stream.stream.remote(request)
 
 
 def handle_ports(

@@ -31,7 +31,7 @@ class Failing:
 
 
 class FaultyGenerator:
-    """Wraps a real generator port (``stream``/``models``) and injects one fault while ``fault`` is set:
+    """Wraps a real generator (``stream``) and injects one fault while ``fault`` is set:
     ``raise`` (GenerationError after ``after`` chunks), ``hang`` (stops yielding after ``after`` chunks, as a
     wedged engine does). ``fault=None`` passes everything through."""
 
@@ -41,21 +41,18 @@ class FaultyGenerator:
         self.after = after
         self.calls = 0
 
-    async def stream(self, request: Any, variant: str = "champion") -> Any:
+    async def stream(self, request: Any) -> Any:
         from models.generation.base import GenerationError
 
         self.calls += 1
         n = 0
-        async for chunk in self.inner.stream(request, variant):
+        async for chunk in self.inner.stream(request):
             if self.fault is not None and n >= self.after:
                 if self.fault == "raise":
                     raise GenerationError("injected: engine died mid-reply")
                 await asyncio.Event().wait()  # hang until the caller's budget cancels us
             n += 1
             yield chunk
-
-    async def models(self) -> dict[str, str]:
-        return await self.inner.models()
 
 
 class ScriptedGenerator:
@@ -66,7 +63,7 @@ class ScriptedGenerator:
         self.text = text
         self.name = name
 
-    async def stream(self, request: Any, variant: str = "champion") -> Any:
+    async def stream(self, request: Any) -> Any:
         from models.generation.base import GenerationChunk
 
         words = self.text.split(" ")
@@ -81,6 +78,3 @@ class ScriptedGenerator:
                 model=self.name,
             )
             await asyncio.sleep(0)
-
-    async def models(self) -> dict[str, str]:
-        return {"champion": self.name}

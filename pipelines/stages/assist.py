@@ -65,21 +65,16 @@ class AssistStage(Stage):
             )
         ]
 
-    def _cached(self, intent: str | None) -> list[Hit] | None:
-        hits = self._recent.get(intent or "other")
-        if hits is None and self._recent:
-            hits = next(reversed(self._recent.values()))
-        return hits
-
     async def process(self, turn: Turn, state: SessionState) -> list:
-        search = asyncio.ensure_future(self._search(turn, state))
         recent = self._recent.get(turn.intent or "other")  # same intent only: stale but on topic
-        if self.budget_s is not None and recent is not None:
-            done, _ = await asyncio.wait({search}, timeout=self.budget_s)
-            if not done:  # over budget: the agent gets the last good articles now, not the late ones
-                search.cancel()
-                return self._suggestion(turn, state, recent, fallback="assist_budget")
-        return await search
+        if self.budget_s is None or recent is None:  # nothing to serve early: wait for the search
+            return await self._search(turn, state)
+        search = asyncio.ensure_future(self._search(turn, state))
+        done, _ = await asyncio.wait({search}, timeout=self.budget_s)
+        if not done:  # over budget: the agent gets the last good articles now, not the late ones
+            search.cancel()
+            return self._suggestion(turn, state, recent, fallback="assist_budget")
+        return search.result()
 
     async def _search(self, turn: Turn, state: SessionState) -> list:
         if turn.vector is None:
@@ -97,7 +92,9 @@ class AssistStage(Stage):
         return self._suggestion(turn, state, hits, reranker=result.reranker)
 
     async def fallback(self, turn: Turn, state: SessionState, error: BaseException) -> list:
-        hits = self._cached(turn.intent)
+        hits = self._recent.get(turn.intent or "other")
+        if hits is None and self._recent:
+            hits = next(reversed(self._recent.values()))
         if hits is None:
             raise error
         return self._suggestion(turn, state, hits, fallback="cached_articles")

@@ -63,7 +63,6 @@ class ReplyWriter:
         self.prompt = prompt
         self.cache = cache or ReplyCache(settings.generation_cache_size, settings.generation_cache_threshold)
         self.provider = provider
-        self.model_name: str | None = None  # what the generator reported at start-up
 
     def wanted(self, state: SessionState, hits: list[Hit]) -> bool:
         """Whether a generated version follows this turn's articles."""
@@ -80,11 +79,11 @@ class ReplyWriter:
         ]
 
     def request(
-        self, turn: Turn, state: SessionState, hits: list[Hit], suggestion_id: str
+        self, turn: Turn, state: SessionState, articles: list[ArticleContext], suggestion_id: str
     ) -> GenerationRequest:
         messages = self.prompt.render(
-            articles=self.articles(hits),
-            conversation=list(state.history)[-6:],
+            articles=articles,
+            conversation=list(state.history),
             intent=turn.intent,
             provider=self.provider,
         )
@@ -95,13 +94,12 @@ class ReplyWriter:
             request_id=suggestion_id,
         )
 
-    async def write(
-        self, turn: Turn, state: SessionState, first: Suggestion, hits: list[Hit], publish: Publish
-    ) -> Suggestion:
-        """Generate, stream and check the reply for ``first``; publish and return the final suggestion."""
+    async def write(self, turn: Turn, state: SessionState, first: Suggestion, publish: Publish) -> Suggestion:
+        """Generate, stream and check the reply for ``first`` (from ``turn.hits``); publish and return the
+        final suggestion."""
         assert self.generator is not None
-        started = time.perf_counter()
-        request = self.request(turn, state, hits, first.suggestion_id)
+        articles = self.articles(turn.hits)
+        request = self.request(turn, state, articles, first.suggestion_id)
         parts: list[str] = []
         pending = ""
         index = 0
@@ -131,7 +129,7 @@ class ReplyWriter:
 
         try:
             async with asyncio.timeout(self.settings.generation_timeout_s):
-                async for chunk in self.generator.stream(request, state.variant):
+                async for chunk in self.generator.stream(request):
                     last = chunk
                     if not chunk.text:
                         continue
@@ -156,7 +154,7 @@ class ReplyWriter:
                 extra={"session_id": state.session_id, "utterance_id": turn.utterance_id},
             )
 
-        model = (last.model if last is not None and last.model else None) or self.model_name or "generator"
+        model = (last.model if last is not None else "") or "generator"
         tokens = None
         if last is not None:
             tokens = {"prompt": last.prompt_tokens, "completion": last.completion_tokens}
@@ -195,7 +193,7 @@ class ReplyWriter:
             truncated = last is not None and last.finish_reason == "length"
             text, report = check_grounding(
                 clean_answer("".join(parts), truncated=truncated),
-                self.articles(hits),
+                articles,
                 min_support=self.settings.grounding_min_support,
                 question=f"{turn.redacted} {self.provider}",  # the provider's name is not a fact
             )
@@ -228,9 +226,6 @@ class ReplyWriter:
                     if turn.vector is not None:
                         self.cache.put(turn.vector, CachedReply(checked.text, tuple(report.citations), model))
         count_suggestion(final.source, final.model or "none", final.fallback)
-        log.debug(
-            "generation for %s took %.0f ms", first.suggestion_id, (time.perf_counter() - started) * 1000
-        )
         await publish(final)
         return final
 
@@ -244,7 +239,7 @@ class ReplyWriter:
     @staticmethod
     def _articles_only(first: Suggestion, common: dict, latency_ms: float, reason: str) -> Suggestion:
         return Suggestion(
-            **{**common, "model": common.get("model")},
+            **common,
             text=first.text,
             source="articles_only",
             latency_ms=latency_ms,

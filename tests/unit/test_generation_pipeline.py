@@ -11,7 +11,6 @@ import json
 import pytest
 import pytest_asyncio
 
-from pipelines.backends import LocalGenerator
 from pipelines.events import ChatMessage, SessionStart, SuggestionFeedback
 from pipelines.metrics import snapshot
 from pipelines.ports import ModelPorts
@@ -31,7 +30,7 @@ async def engine(smollm2_dir):
     from models.generation.vllm_engine import VllmGenerator
 
     generator = VllmGenerator(smollm2_dir, name="smollm2@test")
-    yield LocalGenerator(generator)
+    yield generator
     await generator.close()
 
 
