@@ -17,15 +17,9 @@ from typing import Any
 
 from .base import GenerationChunk, GenerationError, GenerationRequest
 
-__all__ = ["VllmGenerator", "vllm_available"]
+__all__ = ["VllmGenerator"]
 
 log = logging.getLogger(__name__)
-
-
-def vllm_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
 
 
 def _on_cpu() -> bool:
@@ -126,8 +120,6 @@ class VllmGenerator:
                     completion_tokens=completion,
                     model=self.name,
                 )
-        except GeneratorExit:
-            raise
         except Exception as exc:
             if type(exc).__name__ == "EngineDeadError":
                 raise GenerationError(f"the vLLM engine died: {exc}") from exc
