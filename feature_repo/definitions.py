@@ -50,18 +50,17 @@ def build(feast_data_dir: Path) -> dict[str, Any]:
         value_type=ValueType.STRING,
         description="A contact-center customer (the `customer_id` of `session.start`).",
     )
-    profile_source = FileSource(
-        name="customer_profile_source",
-        path=str(feast_data_dir / PROFILE_FILE),
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created",
-    )
-    history_source = FileSource(
-        name="customer_history_source",
-        path=str(feast_data_dir / HISTORY_FILE),
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created",
-    )
+
+    def parquet_source(name: str, file: str) -> FileSource:
+        return FileSource(
+            name=name,
+            path=str(feast_data_dir / file),
+            timestamp_field="event_timestamp",
+            created_timestamp_column="created",
+        )
+
+    profile_source = parquet_source("customer_profile_source", PROFILE_FILE)
+    history_source = parquet_source("customer_history_source", HISTORY_FILE)
     history_push = PushSource(name=PUSH_SOURCE, batch_source=history_source)
     customer_profile = FeatureView(
         name="customer_profile",

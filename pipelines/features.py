@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import importlib.util
 import json
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -73,13 +74,6 @@ DEMO_CUSTOMERS: dict[str, dict[str, float]] = {
     ),
 }
 BASELINE_FILE = "customer_history_baseline.parquet"
-_HISTORY_COLUMNS = (
-    "avg_session_duration",
-    "historical_sentiment_avg",
-    "escalation_history_count",
-    "session_count",
-    "sentiment_session_count",
-)
 _WARN_EVERY_S = 60.0
 
 
@@ -110,13 +104,10 @@ class CustomerFeatures:
 
 DEFAULT_FEATURES = CustomerFeatures()
 
-_FLOATS = (
-    "customer_lifetime_value",
-    "avg_session_duration",
-    "historical_sentiment_avg",
-    "product_usage_metrics",
-)
-_INTS = ("escalation_history_count", "session_count", "sentiment_session_count")
+#: feature name -> its type (float or int), from the defaults of CustomerFeatures
+_FEATURE_TYPES = {
+    f.name: type(getattr(DEFAULT_FEATURES, f.name)) for f in fields(CustomerFeatures) if f.name != "source"
+}
 
 
 # ---------------------------------------------------------------- repository and config
@@ -288,13 +279,7 @@ class FeatureClient:
 
     @staticmethod
     def _parse(raw: dict[str, Any]) -> CustomerFeatures:
-        values: dict[str, Any] = {}
-        for name in _FLOATS:
-            if raw.get(name) is not None:
-                values[name] = float(raw[name])
-        for name in _INTS:
-            if raw.get(name) is not None:
-                values[name] = int(raw[name])
+        values = {name: cast(raw[name]) for name, cast in _FEATURE_TYPES.items() if raw.get(name) is not None}
         if not values:
             return DEFAULT_FEATURES
         return replace(DEFAULT_FEATURES, **values, source="online")
@@ -373,38 +358,23 @@ class FeatureClient:
             if current.session_count and raw.get("session_count__ts"):
                 # Redis keeps the newer row: never push behind the stored one (e.g. a late push after the job)
                 ts = max(ts, datetime.fromtimestamp(int(raw["session_count__ts"]) + 1, UTC))
+            d = _definitions(self.settings)
             row = {"customer_id": customer_id, "event_timestamp": ts, "created": datetime.now(UTC)}
-            row.update({c: getattr(updated, c) for c in _HISTORY_COLUMNS})
+            row.update({c: getattr(updated, c) for c in d.HISTORY_FEATURES})
             try:
                 # ONLINE only: the file offline store appends by rewriting the whole parquet file in place,
                 # which is neither atomic nor safe with several writers; the session store stays the source
                 # of truth and the daily job rewrites the offline history from it.
-                self.store().push(
-                    _definitions(self.settings).PUSH_SOURCE, pd.DataFrame([row]), to=PushMode.ONLINE
-                )
+                self.store().push(d.PUSH_SOURCE, pd.DataFrame([row]), to=PushMode.ONLINE)
             except Exception as exc:
                 raise FeatureStoreUnavailable(f"feature push failed: {exc}") from exc
             return updated
 
-    async def push_session_async(
-        self,
-        customer_id: str,
-        *,
-        duration_s: float,
-        sentiment_avg: float | None,
-        escalated: bool | int,
-        ended_at: datetime | None = None,
-    ) -> CustomerFeatures:
+    async def push_session_async(self, customer_id: str, **kwargs: Any) -> CustomerFeatures:
+        """:meth:`push_session` (same keyword arguments) on the client's thread pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._pool,
-            lambda: self.push_session(
-                customer_id,
-                duration_s=duration_s,
-                sentiment_avg=sentiment_avg,
-                escalated=escalated,
-                ended_at=ended_at,
-            ),
+            self._pool, functools.partial(self.push_session, customer_id, **kwargs)
         )
 
 
@@ -655,7 +625,7 @@ def recompute_history(settings: Settings, *, now: datetime | None = None) -> int
         base = base.sort_values("event_timestamp").drop_duplicates("customer_id", keep="last")
         base = base.set_index("customer_id").reindex(agg.index)
     else:
-        base = pd.DataFrame(index=agg.index, columns=list(_HISTORY_COLUMNS))
+        base = pd.DataFrame(index=agg.index, columns=list(d.HISTORY_FEATURES))
     base = base.fillna(0)
     n_b, ns_b = base["session_count"].astype("int64"), base["sentiment_session_count"].astype("int64")
     n = n_b + agg["n"]
