@@ -15,7 +15,7 @@ scored as it did (every component is returned next to the score):
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +42,9 @@ class CallSignals:
     """What the pipeline accumulates during a session for its post-call analytics."""
 
     sentiments: list[float] = field(default_factory=list)  # customer turns, in order
-    last_customer_texts: list[str] = field(default_factory=list)  # redacted, the last three
-    talk_s: Counter[str] = field(default_factory=Counter)  # speaker -> seconds of speech
-    speaker_turns: Counter[str] = field(default_factory=Counter)
+    last_customer_texts: deque[str] = field(default_factory=lambda: deque(maxlen=2))  # redacted
+    # speaker -> seconds of speech
+    talk_s: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     feedback: Counter[str] = field(default_factory=Counter)  # accepted / edited / rejected
     suggestions: int = 0
     escalation_priorities: list[str] = field(default_factory=list)
@@ -53,13 +53,12 @@ class CallSignals:
     def customer_turn(self, text: str, sentiment: float | None, intent: str | None) -> None:
         if sentiment is not None:
             self.sentiments.append(sentiment)
-        self.last_customer_texts = [*self.last_customer_texts, text][-3:]
+        self.last_customer_texts.append(text)
         if intent is not None:
             self.last_intent = intent
 
     def utterance(self, speaker: str, start: float, end: float) -> None:
         self.talk_s[speaker] += max(0.0, end - start)
-        self.speaker_turns[speaker] += 1
 
 
 def sentiment_trend(values: list[float]) -> float:
@@ -80,7 +79,7 @@ def _sentiment_component(values: list[float]) -> float:
 
 
 def _resolution(signals: CallSignals) -> tuple[float, bool]:
-    texts = signals.last_customer_texts[-2:]
+    texts = signals.last_customer_texts
     if any(_RESOLVED.search(t) for t in texts) and not _UNRESOLVED.search(texts[-1] if texts else ""):
         return 1.0, True
     if (texts and _UNRESOLVED.search(texts[-1])) or signals.last_intent in ("cancel", "complaint"):
@@ -98,11 +97,12 @@ def _talk(signals: CallSignals, channel: str, duration_s: float) -> tuple[float,
     # dead air above 40 % of the call costs linearly down to 0 at 90 %
     air = 1.0 if silence_ratio <= 0.4 else max(0.0, 1.0 - (silence_ratio - 0.4) / 0.5)
     shares = {s: round(t / speech, 3) for s, t in signals.talk_s.items()} if speech > 0 else {}
-    dominant = max(shares.values(), default=0.0)
-    # one party holding the floor for over 80 % of the speech is a monologue, not a conversation
-    balance = 1.0 if dominant <= 0.8 or len(shares) < 2 else max(0.0, 1.0 - (dominant - 0.8) / 0.2)
-    if len(shares) < 2 and speech > 0:
-        balance = 0.5
+    if len(shares) < 2:  # a single speaker heard: 0.5; no speech at all: the dead air already costs
+        balance = 0.5 if shares else 1.0
+    else:
+        # one party holding the floor for over 80 % of the speech is a monologue, not a conversation
+        dominant = max(shares.values())
+        balance = 1.0 if dominant <= 0.8 else max(0.0, 1.0 - (dominant - 0.8) / 0.2)
     detail = {
         "talk_ratio": round(talk_ratio, 3),
         "silence_ratio": round(silence_ratio, 3),

@@ -154,10 +154,7 @@ session_analytics = Table(
 )
 
 _REJECTED = (IntegrityError, DataError, ProgrammingError)
-_INSERT = {
-    t.name: insert(t)
-    for t in (sessions, utterances, events, escalations, review_items, recordings, session_analytics)
-}
+_INSERT = {name: insert(t) for name, t in metadata.tables.items()}
 
 
 def _now() -> datetime:

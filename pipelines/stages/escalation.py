@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["EscalationRules", "EscalationStage", "Rule"]
 
 Priority = Literal["low", "normal", "high", "urgent"]
-PRIORITIES: tuple[Priority, ...] = ("low", "normal", "high", "urgent")
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)  # lowest first
 
 
 class Conditions(BaseModel):
@@ -52,7 +52,8 @@ class FeatureConditions(BaseModel):
     min_lifetime_value: float | None = None
     min_escalation_history: int | None = Field(default=None, ge=0)
     max_historical_sentiment: float | None = Field(default=None, ge=-1.0, le=1.0)
-    sentiment_falling: bool = False  # this session's customer sentiment trend is below zero
+    # this session's customer sentiment trend is below zero, or its last turn was negative
+    sentiment_falling: bool = False
 
 
 class FeatureRule(BaseModel):
@@ -129,7 +130,7 @@ class EscalationStage(Stage):
         return self.rules.default_queue, f"{queue} has no one available"
 
     def _feature_rules(self, features: Any, state: SessionState) -> list[FeatureRule]:
-        if features is None or getattr(features, "source", "default") != "online":
+        if getattr(features, "source", None) != "online":
             return []  # defaults say nothing about this customer
         trend = sentiment_trend(state.signals.sentiments)
         matched = []
@@ -167,27 +168,24 @@ class EscalationStage(Stage):
         # only sessions that escalate wait for the features (fetched since session start, with a timeout)
         features = await state.customer_features()
         boosts = self._feature_rules(features, state)
+        bump = sum(b.bump for b in boosts)
+        reroute = next((b.queue for b in reversed(boosts) if b.queue), None)  # the last rerouting rule wins
+        boost_reasons = "".join(f"; {b.reason}" for b in boosts)
         events = []
         for rule in fired:
-            priority = PRIORITIES.index(rule.priority)
-            target, factors = rule.queue, []
-            for boost in boosts:
-                priority = min(priority + boost.bump, len(PRIORITIES) - 1)
-                if boost.queue and rule.priority != "urgent":  # emergencies keep their specialist queue
-                    target = boost.queue
-                factors.append(boost.name)
+            priority = PRIORITIES[min(PRIORITIES.index(rule.priority) + bump, len(PRIORITIES) - 1)]
+            # emergencies keep their specialist queue
+            target = reroute if reroute is not None and rule.priority != "urgent" else rule.queue
             queue, note = self._route(target)
             reason = rule.reason if note is None else f"{rule.reason} (routed to {queue}: {note})"
-            if factors:
-                reason += "; " + "; ".join(b.reason for b in boosts)
             events.append(
                 Escalation(
                     utterance_id=turn.utterance_id,
-                    reason=reason,
+                    reason=reason + boost_reasons,
                     queue=queue,
-                    priority=PRIORITIES[priority],
+                    priority=priority,
                     rule=rule.name,
-                    factors=factors or None,
+                    factors=[b.name for b in boosts] or None,
                 )
             )
         return events
