@@ -35,14 +35,13 @@ from models.generation.convert import gguf_to_hf, is_hf_causal_lm, packaged_smol
 from models.generation.grounding import DEFAULT_TEMPLATE, ArticleContext, PromptTemplate
 
 from .config import PACKAGE_DIR, Settings
-from .training.common import RegisteredVersion
+from .training.common import RegisteredVersion, registered_version, store_exists
 
 __all__ = [
     "MODEL_NAME",
     "PROMPT_NAME",
     "SMOLLM2_FOLDER",
     "EVAL_FILE",
-    "RegisteredGenerator",
     "resolve_generator_model",
     "load_prompt_template",
     "register_prompt_template",
@@ -72,12 +71,6 @@ _ROLES = frozenset({"system", "user", "assistant"})
 # ---------------------------------------------------------------- the store
 
 
-def _store_absent(settings: Settings) -> bool:
-    """The embedded SQLite store has not been created yet (nothing can be registered in it)."""
-    uri = settings.resolved_mlflow_uri
-    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists()
-
-
 def _client(settings: Settings) -> Any:
     """An ``MlflowClient`` bound to the configured store, without touching the process-wide URIs (serving
     replicas call this)."""
@@ -85,16 +78,6 @@ def _client(settings: Settings) -> Any:
 
     uri = settings.resolved_mlflow_uri
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def _alias_version(name: str, alias: str, settings: Settings) -> str | None:
-    """The model version ``name@alias`` points at; None when there is none."""
-    from models.registry import resolve_model_uri
-
-    if _store_absent(settings):
-        return None
-    resolved = resolve_model_uri(f"models:/{name}@{alias}", tracking_uri=settings.resolved_mlflow_uri)
-    return None if resolved is None else resolved.rsplit("/", 1)[1]
 
 
 # ---------------------------------------------------------------- the weights
@@ -118,7 +101,7 @@ def resolve_generator_model(settings: Settings) -> tuple[Path, str]:
             "run `python -m pipelines.generation setup` (registers the packaged SmolLM2-135M-Instruct) or "
             "`python -m pipelines.generation register-model FOLDER_OR_GGUF`"
         )
-        if _store_absent(settings):
+        if not store_exists(settings):
             raise FileNotFoundError(
                 f"the generator {spec} is not registered (no MLflow store at {settings.resolved_mlflow_uri}): "
                 + register_hint
@@ -156,9 +139,6 @@ def resolve_generator_model(settings: Settings) -> tuple[Path, str]:
     )
 
 
-RegisteredGenerator = RegisteredVersion  # the same record the training CLIs return
-
-
 def _as_model_folder(source: Path, settings: Settings) -> Path:
     source = Path(source).expanduser().resolve()
     if source.is_file() and source.suffix.lower() == ".gguf":
@@ -181,27 +161,17 @@ def register_generator(
     semver: str | None = None,
     alias: str | None = "auto",
     name: str = MODEL_NAME,
-) -> RegisteredGenerator:
+) -> RegisteredVersion:
     """Register a causal-LM folder (or a GGUF, converted first) as a version of ``name``.
 
     ``semver`` defaults to the next minor version (``1.0.0`` for the first). ``alias="auto"``: ``champion``
     when there is none yet, else ``challenger`` (``promote`` makes it the champion); ``None``: no alias."""
     from .registry import mlflow_store, register_folder
-    from .training.common import next_semver
+    from .training.common import plan_version
 
     folder = _as_model_folder(source, settings)
-    existing: list[str] = []
-    has_champion = False
-    if not _store_absent(settings):
-        with mlflow_store(settings) as client:
-            if client.search_registered_models(filter_string=f"name='{name}'"):
-                existing = [
-                    (v.tags or {}).get("semver", "") for v in client.search_model_versions(f"name='{name}'")
-                ]
-                has_champion = "champion" in (client.get_registered_model(name).aliases or {})
-    semver = semver or next_semver(existing)
-    if alias == "auto":
-        alias = "challenger" if has_champion else "champion"
+    with mlflow_store(settings) as client:
+        semver, alias = plan_version(client, name, semver=semver, alias=alias)
     print(f"==> registering {folder} as {name} {semver}{' @' + alias if alias else ''}", flush=True)
     started = time.perf_counter()
     version = register_folder(
@@ -213,7 +183,7 @@ def register_generator(
         tags={"kind": "causal_lm", "source": folder.name},
     )
     print(f"    models:/{name}/{version} in {time.perf_counter() - started:.0f} s", flush=True)
-    return RegisteredGenerator(name, version, semver, alias)
+    return RegisteredVersion(name, version, semver, alias)
 
 
 # ---------------------------------------------------------------- the prompt
@@ -231,7 +201,7 @@ def load_prompt_template(settings: Settings, spec: str | None = None) -> PromptT
     unreachable: the built-in template and a warning."""
     spec = spec or settings.generation_prompt
     _prompt_name(spec)  # refuse anything but a prompts:/ URI
-    if _store_absent(settings):
+    if not store_exists(settings):
         return DEFAULT_TEMPLATE
     try:
         prompt = _client(settings).load_prompt(spec, allow_missing=True, cache_ttl_seconds=0)
@@ -378,9 +348,7 @@ def setup(settings: Settings, *, if_missing: bool = False) -> dict[str, str | No
     done: dict[str, str | None] = {"model": None, "prompt": None}
     registered = None
     if if_missing:
-        registered = _alias_version(MODEL_NAME, "champion", settings) or _alias_version(
-            MODEL_NAME, "challenger", settings
-        )
+        registered = registered_version(MODEL_NAME, settings)
     if registered is not None:
         print(f"==> {MODEL_NAME}: version {registered} is registered, skipping", flush=True)
     else:
@@ -389,7 +357,7 @@ def setup(settings: Settings, *, if_missing: bool = False) -> dict[str, str | No
             gguf_to_hf(packaged_smollm2_gguf(), folder)
         done["model"] = register_generator(folder, settings, alias="champion").uri
     prompt = None
-    if not _store_absent(settings):
+    if store_exists(settings):
         prompt = _client(settings).load_prompt(
             f"prompts:/{PROMPT_NAME}@champion", allow_missing=True, cache_ttl_seconds=0
         )
@@ -454,14 +422,6 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         "tokens_per_s": round(tokens / sum(latencies), 2) if sum(latencies) > 0 else 0.0,
         "completion_tokens_mean": round(tokens / n, 1),
     }
-
-
-def _load_questions(path: Path, limit: int | None) -> list[dict[str, Any]]:
-    import yaml
-
-    items = yaml.safe_load(Path(path).read_text())["queries"]
-    questions = [{"query": str(i["query"]), "gold": [str(g) for g in i["gold"]]} for i in items]
-    return questions[:limit] if limit else questions
 
 
 def _build_generator(backend: str, folder: Path, name: str, settings: Settings) -> Any:
@@ -583,6 +543,7 @@ def evaluate(
     from .backends import build_embedder, build_retriever
     from .indexing import build_index, load_articles
     from .registry import _experiment_id, mlflow_store
+    from .training.reranker import load_eval_queries
 
     def say(message: str) -> None:
         if progress:
@@ -597,7 +558,7 @@ def evaluate(
     template = load_prompt_template(settings, prompt)
     say(f"    {model_label} ({folder}); prompt {template.version}")
 
-    questions = _load_questions(eval_file, limit)
+    questions = load_eval_queries(eval_file)[: limit or None]
     say(f"==> retrieving articles for {len(questions)} held-out questions ({eval_file.name})")
     build_index(settings)
     embedder = build_embedder(settings)

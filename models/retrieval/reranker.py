@@ -10,7 +10,6 @@ the serving process decides that.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -18,14 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from ..text.classifier import read_folder_manifest
 from .index import Hit
 
 __all__ = ["CrossEncoderReranker", "passage_for"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-_MANIFEST = "switchboard.json"
 
 
 def passage_for(hit: Hit) -> str:
@@ -42,10 +40,7 @@ class CrossEncoderReranker:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.folder = Path(folder)
-        manifest_path = self.folder / _MANIFEST
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"{folder} has no {_MANIFEST}: it is not a switchboard model folder")
-        manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        manifest = read_folder_manifest(self.folder)
         if manifest.get("kind") != "cross_encoder":
             raise ValueError(f"{folder} holds a {manifest.get('kind')!r} model, not a cross_encoder")
         self.manifest = manifest

@@ -22,27 +22,13 @@ import time
 from pathlib import Path
 
 from ..config import Settings
-from .common import register_trained
+from .common import register_trained, registered_version
 
 MODELS = {
     "sentiment": ("pipelines.training.sentiment", "train_sentiment", "sentiment_classifier"),
     "intent": ("pipelines.training.intent", "train_intent", "intent_classifier"),
     "reranker": ("pipelines.training.reranker", "train_reranker", "kb_reranker"),
 }
-
-
-def is_registered(name: str, settings: Settings) -> bool:
-    """A version of ``name`` holds the champion or challenger alias (a model that did not beat its baseline
-    is only ever a challenger, and counts: ``--if-missing`` must not retrain it on every run)."""
-    from models.registry import resolve_model_uri
-
-    uri = settings.resolved_mlflow_uri
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
-        return False
-    return any(
-        resolve_model_uri(f"models:/{name}@{alias}", tracking_uri=uri) is not None
-        for alias in ("champion", "challenger")
-    )
 
 
 def train_all(
@@ -56,7 +42,8 @@ def train_all(
     results = []
     for key in which:
         module_name, fn_name, registered = MODELS[key]
-        if if_missing and is_registered(registered, settings):
+        # a challenger counts: a model that did not beat its baseline is never more, and must not retrain per run
+        if if_missing and registered_version(registered, settings) is not None:
             print(f"==> {registered}: already registered, skipping (train again without --if-missing)")
             continue
         print(f"==> training {registered}{' (small)' if small else ''}", flush=True)

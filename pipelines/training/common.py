@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.text.classifier import MANIFEST
+from models.text.classifier import read_folder_manifest as read_manifest
+
 from ..config import Settings
 
 __all__ = [
@@ -27,11 +30,12 @@ __all__ = [
     "read_manifest",
     "register_trained",
     "next_semver",
+    "plan_version",
+    "store_exists",
+    "registered_version",
 ]
 
 log = logging.getLogger("switchboard.training")
-
-MANIFEST = "switchboard.json"
 
 
 @dataclass
@@ -67,13 +71,6 @@ def write_manifest(folder: Path, **manifest: Any) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"{folder} has no {MANIFEST}: it is not a switchboard model folder")
-    return json.loads(path.read_text())
-
-
 def _parse(semver: str) -> tuple[int, int, int]:
     major, minor, patch = (int(x) for x in semver.split("."))
     return major, minor, patch
@@ -97,6 +94,50 @@ def next_semver(existing: list[str], bump: str = "minor") -> str:
     return f"{major}.{minor + 1}.0"
 
 
+def plan_version(
+    client: Any,
+    name: str,
+    *,
+    semver: str | None = None,
+    alias: str | None = "auto",
+    bump: str = "minor",
+    beats_baseline: bool | None = None,
+) -> tuple[str, str | None]:
+    """The semantic version and alias of a new version of ``name``: ``semver``, else the next after the
+    registered versions' (``bump``). ``alias="auto"``: ``champion`` when the name has no champion yet and the
+    model did not lose to its baseline, else ``challenger``; any other alias (or None) as it is."""
+    existing: list[str] = []
+    has_champion = False
+    if client.search_registered_models(filter_string=f"name='{name}'"):
+        existing = [(v.tags or {}).get("semver", "") for v in client.search_model_versions(f"name='{name}'")]
+        has_champion = "champion" in (client.get_registered_model(name).aliases or {})
+    if alias == "auto":
+        alias = "challenger" if has_champion or beats_baseline is False else "champion"
+    return semver or next_semver(existing, bump), alias
+
+
+def store_exists(settings: Settings) -> bool:
+    """False while the embedded SQLite store has not been created (nothing can be registered in it yet)."""
+    uri = settings.resolved_mlflow_uri
+    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).exists()
+
+
+def registered_version(
+    name: str, settings: Settings, aliases: tuple[str, ...] = ("champion", "challenger")
+) -> str | None:
+    """The version the first of ``aliases`` that ``name`` has points at; None when it has none of them (a
+    model that did not beat its baseline is only ever a challenger, and counts by default)."""
+    from models.registry import resolve_model_uri
+
+    if not store_exists(settings):
+        return None
+    for alias in aliases:
+        resolved = resolve_model_uri(f"models:/{name}@{alias}", tracking_uri=settings.resolved_mlflow_uri)
+        if resolved is not None:
+            return resolved.rsplit("/", 1)[1]
+    return None
+
+
 def register_trained(
     model: TrainedModel,
     settings: Settings,
@@ -114,17 +155,11 @@ def register_trained(
 
     from ..registry import FolderModel, _experiment_id, mlflow_store
 
-    read_manifest(model.folder)  # refuse folders serving could not load
+    manifest = read_manifest(model.folder)  # refuse folders serving could not load
     with mlflow_store(settings) as client:
-        existing = []
-        has_champion = False
-        if client.search_registered_models(filter_string=f"name='{model.name}'"):
-            versions = client.search_model_versions(f"name='{model.name}'")
-            existing = [(v.tags or {}).get("semver", "") for v in versions]
-            has_champion = "champion" in (client.get_registered_model(model.name).aliases or {})
-        semver = semver or next_semver(existing, bump)
-        if alias == "auto":
-            alias = "challenger" if has_champion or model.beats_baseline is False else "champion"
+        semver, alias = plan_version(
+            client, model.name, semver=semver, alias=alias, bump=bump, beats_baseline=model.beats_baseline
+        )
         with mlflow.start_run(
             experiment_id=_experiment_id(client, settings), run_name=f"train-{model.name}-{semver}"
         ):
@@ -145,7 +180,7 @@ def register_trained(
         version = str(info.registered_model_version)
         client.set_model_version_tag(model.name, version, "semver", semver)
         for key in ("task", "kind", "base_model"):
-            value = read_manifest(model.folder).get(key)
+            value = manifest.get(key)
             if value:
                 client.set_model_version_tag(model.name, version, key, str(value))
         if alias:
