@@ -9,9 +9,11 @@ the validation set (macro-F1) after every epoch. The best evaluation's weights, 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import random
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +33,8 @@ __all__ = [
     "idle_cores",
     "torch_threads",
     "classification_metrics",
+    "gain_points",
+    "format_gain",
     "format_table",
 ]
 
@@ -128,6 +132,22 @@ def classification_metrics(
             "matrix": confusion_matrix(gold, predicted, labels=labels).tolist(),
         },
     }
+
+
+def gain_points(model: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float]:
+    """The model's margin over a baseline (``classification_metrics`` of both, on the same texts) in points."""
+    return {
+        "accuracy_gain_points": round(100 * (model["accuracy"] - baseline["accuracy"]), 2),
+        "macro_f1_gain_points": round(100 * (model["macro_f1"] - baseline["macro_f1"]), 2),
+    }
+
+
+def format_gain(metrics: dict[str, Any], baseline: str) -> str:
+    """The line for ``gain_points`` (held in a trainer's ``metrics``) under its evaluation table."""
+    return (
+        f"gain over {baseline}: {metrics['accuracy_gain_points']:+.1f} accuracy points, "
+        f"{metrics['macro_f1_gain_points']:+.1f} macro-F1 points"
+    )
 
 
 def format_table(
@@ -231,13 +251,11 @@ def finetune_classifier(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the loop has its own bar
-    previous_threads = torch.get_num_threads()
     threads = config.threads or idle_cores()
-    torch.set_num_threads(threads)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    try:
+    with torch_threads(threads):
         tokenizer = AutoTokenizer.from_pretrained(str(base))
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # "classifier.* newly initialised" is the point of fine-tuning
@@ -340,11 +358,15 @@ def finetune_classifier(
                 save({})
         result.train_seconds = round(time.perf_counter() - started, 1)
         return result
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 # ---------------------------------------------------------------- the trainers' shared command line
+
+
+def _semver(value: str) -> str:
+    if not re.fullmatch(r"\d+\.\d+\.\d+", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a semantic version X.Y.Z")
+    return value
 
 
 def run_training_cli(
@@ -358,7 +380,7 @@ def run_training_cli(
 ) -> int:
     """``--small``, ``--out``, ``--no-register``, ``--alias``, ``--semver``, ``--seed``, ``--quiet``,
     ``--threads``."""
-    import argparse
+    import logging
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -377,21 +399,31 @@ def run_training_cli(
         "--alias",
         choices=("champion", "challenger", "auto", "none"),
         default="auto",
-        help="alias for the registered version (auto: champion if there is none yet, else challenger)",
+        help="alias for the registered version (auto: champion if there is none yet and the model beats "
+        "its baseline, else challenger)",
     )
-    parser.add_argument("--semver", help="semantic version tag (default: next minor after the highest)")
+    parser.add_argument(
+        "--semver", type=_semver, help="semantic version tag (default: next minor after the highest)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="split, sampling and training seed")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
-        "--threads", type=int, help="torch threads for training (default: the idle cores at start)"
+        "--threads",
+        type=int,
+        help="torch threads for training (default: the idle cores at start; the reranker: 1)",
     )
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     settings = Settings()
     out = args.out or settings.data_dir / "training" / name
-    trained = train(
-        settings, out, small=args.small, seed=args.seed, progress=not args.quiet, threads=args.threads
-    )
+    try:
+        trained = train(
+            settings, out, small=args.small, seed=args.seed, progress=not args.quiet, threads=args.threads
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(table(trained))
     print(f"model folder: {trained.folder}")
     if args.no_register:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,9 @@ from .finetune import (
     FinetuneConfig,
     classification_metrics,
     finetune_classifier,
+    format_gain,
     format_table,
+    gain_points,
     run_training_cli,
     torch_threads,
 )
@@ -99,7 +101,7 @@ def train_intent(
     from models.text.classifier import SequenceClassifier
     from models.text.intent import SimilarityIntentModel, TrainedIntentModel
 
-    config = FinetuneConfig(**{**asdict(SMALL if small else FULL), "seed": seed, "threads": threads})
+    config = replace(SMALL if small else FULL, seed=seed, threads=threads)
     train = load_intent_train(settings.intents_path)
     evaluation = load_intent_eval(INTENTS_EVAL_PATH)
     labels = list(dict.fromkeys(e.label for e in train))
@@ -139,24 +141,19 @@ def train_intent(
     baseline_eval = classification_metrics(gold, baseline_pred, labels)
     entities = entity_metrics(evaluation)
     misses = {
-        "model": [
+        name: [
             {"text": t, "gold": g, "predicted": p}
-            for t, g, p in zip(texts, gold, model_pred, strict=True)
+            for t, g, p in zip(texts, gold, predicted, strict=True)
             if g != p
-        ],
-        "similarity": [
-            {"text": t, "gold": g, "predicted": p}
-            for t, g, p in zip(texts, gold, baseline_pred, strict=True)
-            if g != p
-        ],
+        ]
+        for name, predicted in (("model", model_pred), ("similarity", baseline_pred))
     }
     metrics = {
         "eval_accuracy": model_eval["accuracy"],
         "eval_macro_f1": model_eval["macro_f1"],
         "similarity_eval_accuracy": baseline_eval["accuracy"],
         "similarity_eval_macro_f1": baseline_eval["macro_f1"],
-        "accuracy_gain_points": round(100 * (model_eval["accuracy"] - baseline_eval["accuracy"]), 2),
-        "macro_f1_gain_points": round(100 * (model_eval["macro_f1"] - baseline_eval["macro_f1"]), 2),
+        **gain_points(model_eval, baseline_eval),
         "entity_precision": entities["precision"],
         "entity_recall": entities["recall"],
         "entity_f1": entities["f1"],
@@ -205,8 +202,7 @@ def evaluation_table(trained: TrainedModel) -> str:
             format_table(
                 {NAME: report["eval"]["model"], "similarity (serving rules)": report["eval"]["similarity"]}
             ),
-            f"gain over similarity: {m['accuracy_gain_points']:+.1f} accuracy points, "
-            f"{m['macro_f1_gain_points']:+.1f} macro-F1 points",
+            format_gain(m, "similarity"),
             f"entity extraction: P {m['entity_precision']:.3f}  R {m['entity_recall']:.3f}  F1 {m['entity_f1']:.3f}",
             *entity_rows,
         ]

@@ -27,7 +27,6 @@ reads: recall@1, recall@3 and MRR@10 of FAISS alone versus FAISS's top ``rerank_
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 import re
@@ -36,7 +35,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,8 @@ from models.retrieval.index import ArticleIndex, Hit
 
 from ..config import PACKAGE_DIR, Settings
 from ..indexing import build_index, load_articles
-from .common import TrainedModel, register_trained, write_manifest
+from .common import TrainedModel, write_manifest
+from .finetune import run_training_cli, torch_threads
 
 __all__ = [
     "EVAL_FILE",
@@ -88,7 +88,8 @@ class RerankerConfig:
     random_chunk_rate: float = 0.25  # share of positives shown as another chunk of the gold article
     intent_margin: float = 0.02  # an intent example's best in-category article must beat the next by this
     dev_queries: int = 100  # generated questions (not trained on) that choose faiss_weight
-    threads: int | None = 1  # torch threads for this (training) process; 1 holds up best on a shared machine
+    threads: int | None = 1  # torch threads for this (training) process (None: idle_cores()); 1 holds up best
+    # on a shared machine
     seed: int = 0
 
 
@@ -558,18 +559,19 @@ def train_reranker(
     small: bool = False,
     seed: int = 0,
     progress: bool = True,
+    threads: int | None = None,
     config: RerankerConfig | None = None,
     base_model: Path | None = None,
 ) -> TrainedModel:
     """Generate training pairs from the KB, fine-tune the cross-encoder into ``out_dir`` and evaluate it on
-    the hand-written held-out questions."""
+    the hand-written held-out questions. ``threads``: torch threads (default: ``config.threads``)."""
     import torch
 
     from models.retrieval.reranker import CrossEncoderReranker
 
-    config = config or (SMALL if small else FULL)
-    if config.seed != seed:
-        config = RerankerConfig(**{**asdict(config), "seed": seed})
+    config = replace(config or (SMALL if small else FULL), seed=seed)
+    if threads:
+        config = replace(config, threads=threads)
     out_dir = Path(out_dir)
     base = Path(base_model) if base_model else packaged_minilm_path()
     base_name = base.name if base_model else "all-MiniLM-L6-v2"
@@ -580,13 +582,10 @@ def train_reranker(
     embedder = MiniLMEmbedder(settings.embedding_model_path)
     articles = load_articles(settings.kb_path)
 
-    previous_threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    try:
+    with torch_threads(config.threads):
         queries = generate_queries(articles, seed=seed) + intent_queries(
             settings.intents_path, articles, index, embedder, margin=config.intent_margin, seed=seed
         )
@@ -632,8 +631,6 @@ def train_reranker(
         metrics, rows = evaluate_retrieval(
             items, index, embedder, reranker, candidates=settings.rerank_candidates
         )
-    finally:
-        torch.set_num_threads(previous_threads)
     metrics.update(
         {
             "train_queries": float(len(groups)),
@@ -679,58 +676,30 @@ def train_reranker(
 # ---------------------------------------------------------------- CLI
 
 
-def _semver(value: str) -> str:
-    if not re.fullmatch(r"\d+\.\d+\.\d+", value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a semantic version X.Y.Z")
-    return value
+def evaluation_table(trained: TrainedModel) -> str:
+    m = trained.metrics
+    candidates = trained.reports["evaluation.json"]["candidates"]
+    return "\n".join(
+        [
+            format_evaluation(m),
+            f"FAISS candidates reranked: {candidates} (gold among them: "
+            f"{m[f'candidate_recall_at_{candidates}']:.4f}); {int(m['eval_queries'])} held-out queries, "
+            f"{int(m['train_queries'])} training queries, trained in {m['train_seconds']:.0f}s, "
+            f"rerank {m['rerank_ms_per_query_p50']:.1f} ms/query (p50)",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return run_training_cli(
+        argv,
         prog="python -m pipelines.training.reranker",
         description="Train the knowledge-base cross-encoder reranker (kb_reranker) on questions generated from the "
         "KB, evaluate recall@3 with and without it on hand-written held-out questions, and register it in MLflow.",
+        name=NAME,
+        train=train_reranker,
+        table=evaluation_table,
     )
-    parser.add_argument("--small", action="store_true", help="a quick, smaller run (tests, smoke checks)")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        help="model folder to write (default: <data_dir>/models/kb_reranker)",
-        default=None,
-    )
-    parser.add_argument("--no-register", action="store_true", help="train and evaluate only; no MLflow")
-    parser.add_argument(
-        "--alias",
-        default="auto",
-        choices=["auto", "champion", "challenger", "none"],
-        help="alias for the new version (auto: champion if there is none, else challenger)",
-    )
-    parser.add_argument("--semver", type=_semver, help="semantic version tag (default: next minor version)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    settings = Settings()
-    out = args.out or settings.data_dir / "models" / NAME
-    try:
-        model = train_reranker(settings, out, small=args.small, seed=args.seed)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    m = model.metrics
-    print(format_evaluation(m))
-    print(
-        f"FAISS candidates reranked: {settings.rerank_candidates} (gold among them: "
-        f"{m[f'candidate_recall_at_{settings.rerank_candidates}']:.4f}); {int(m['eval_queries'])} held-out queries, "
-        f"{int(m['train_queries'])} training queries, trained in {m['train_seconds']:.0f}s, "
-        f"rerank {m['rerank_ms_per_query_p50']:.1f} ms/query (p50)"
-    )
-    print(f"model folder: {model.folder}")
-    if not args.no_register:
-        version = register_trained(
-            model, settings, alias=None if args.alias == "none" else args.alias, semver=args.semver
-        )
-        print(f"registered {version.uri} ({version.semver}{', @' + version.alias if version.alias else ''})")
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ Emotions are not trained: no honestly labelled emotion corpus ships in a package
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,9 @@ from .finetune import (
     FinetuneConfig,
     classification_metrics,
     finetune_classifier,
+    format_gain,
     format_table,
+    gain_points,
     run_training_cli,
     torch_threads,
 )
@@ -55,7 +57,7 @@ def train_sentiment(
     from models.text.sentiment import LexiconSentiment, TransformerSentiment
 
     n_train, n_val, n_test, base_config = SMALL if small else FULL
-    config = FinetuneConfig(**{**asdict(base_config), "seed": seed, "threads": threads})
+    config = replace(base_config, seed=seed, threads=threads)
     split = sentiment_splits(settings, seed=seed)
     train = stratified_sample(split.train, n_train, seed=seed)
     validation = stratified_sample(split.validation, n_val, seed=seed)
@@ -103,8 +105,7 @@ def train_sentiment(
         "test_macro_f1": model_eval["macro_f1"],
         "lexicon_test_accuracy": lexicon_eval["accuracy"],
         "lexicon_test_macro_f1": lexicon_eval["macro_f1"],
-        "accuracy_gain_points": round(100 * (model_eval["accuracy"] - lexicon_eval["accuracy"]), 2),
-        "macro_f1_gain_points": round(100 * (model_eval["macro_f1"] - lexicon_eval["macro_f1"]), 2),
+        **gain_points(model_eval, lexicon_eval),
         "validation_macro_f1": result.validation.get("macro_f1", 0.0),
         "train_seconds": result.train_seconds,
         "test_sentences_per_second": round(len(texts) / max(model_seconds, 1e-6), 1),
@@ -151,8 +152,7 @@ def evaluation_table(trained: TrainedModel) -> str:
             f"sentiment, held-out test split ({m['n_test']} sentences; trained on {m['n_train']}, "
             f"{m['train_seconds']:.0f} s):",
             format_table({NAME: test["model"], "lexicon (VADER + rules)": test["lexicon"]}),
-            f"gain over the lexicon: {m['accuracy_gain_points']:+.1f} accuracy points, "
-            f"{m['macro_f1_gain_points']:+.1f} macro-F1 points",
+            format_gain(m, "the lexicon"),
         ]
     )
 
