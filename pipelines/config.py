@@ -284,6 +284,12 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
 
     @property
+    def mlflow_store_exists(self) -> bool:
+        """False while the embedded SQLite store has not been created (nothing can be registered in it yet)."""
+        uri = self.resolved_mlflow_uri
+        return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).exists()
+
+    @property
     def mlflow_artifact_root(self) -> Path:
         return (self.data_dir / "mlartifacts").resolve()
 

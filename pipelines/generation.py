@@ -35,7 +35,7 @@ from models.generation.convert import gguf_to_hf, is_hf_causal_lm, packaged_smol
 from models.generation.grounding import DEFAULT_TEMPLATE, ArticleContext, PromptTemplate
 
 from .config import PACKAGE_DIR, Settings
-from .training.common import RegisteredVersion, registered_version, store_exists
+from .training.common import RegisteredVersion, registered_version
 
 __all__ = [
     "MODEL_NAME",
@@ -101,7 +101,7 @@ def resolve_generator_model(settings: Settings) -> tuple[Path, str]:
             "run `python -m pipelines.generation setup` (registers the packaged SmolLM2-135M-Instruct) or "
             "`python -m pipelines.generation register-model FOLDER_OR_GGUF`"
         )
-        if not store_exists(settings):
+        if not settings.mlflow_store_exists:
             raise FileNotFoundError(
                 f"the generator {spec} is not registered (no MLflow store at {settings.resolved_mlflow_uri}): "
                 + register_hint
@@ -201,7 +201,7 @@ def load_prompt_template(settings: Settings, spec: str | None = None) -> PromptT
     unreachable: the built-in template and a warning."""
     spec = spec or settings.generation_prompt
     _prompt_name(spec)  # refuse anything but a prompts:/ URI
-    if not store_exists(settings):
+    if not settings.mlflow_store_exists:
         return DEFAULT_TEMPLATE
     try:
         prompt = _client(settings).load_prompt(spec, allow_missing=True, cache_ttl_seconds=0)
@@ -357,7 +357,7 @@ def setup(settings: Settings, *, if_missing: bool = False) -> dict[str, str | No
             gguf_to_hf(packaged_smollm2_gguf(), folder)
         done["model"] = register_generator(folder, settings, alias="champion").uri
     prompt = None
-    if store_exists(settings):
+    if settings.mlflow_store_exists:
         prompt = _client(settings).load_prompt(
             f"prompts:/{PROMPT_NAME}@champion", allow_missing=True, cache_ttl_seconds=0
         )

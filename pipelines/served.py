@@ -137,10 +137,8 @@ class ServedModel(Generic[T]):
         return targets
 
     def _tracking_uri(self) -> str | None:
-        uri = self.settings.resolved_mlflow_uri
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
-            return None  # no embedded store yet: nothing is registered (and nothing is created)
-        return uri
+        """None while there is no embedded store yet: nothing is registered (and nothing is created)."""
+        return self.settings.resolved_mlflow_uri if self.settings.mlflow_store_exists else None
 
     def _load(self, variant: str, source: str) -> Loaded[T]:
         from models.registry import download_model_folder

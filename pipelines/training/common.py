@@ -31,7 +31,6 @@ __all__ = [
     "register_trained",
     "next_semver",
     "plan_version",
-    "store_exists",
     "registered_version",
 ]
 
@@ -116,12 +115,6 @@ def plan_version(
     return semver or next_semver(existing, bump), alias
 
 
-def store_exists(settings: Settings) -> bool:
-    """False while the embedded SQLite store has not been created (nothing can be registered in it yet)."""
-    uri = settings.resolved_mlflow_uri
-    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).exists()
-
-
 def registered_version(
     name: str, settings: Settings, aliases: tuple[str, ...] = ("champion", "challenger")
 ) -> str | None:
@@ -129,7 +122,7 @@ def registered_version(
     model that did not beat its baseline is only ever a challenger, and counts by default)."""
     from models.registry import resolve_model_uri
 
-    if not store_exists(settings):
+    if not settings.mlflow_store_exists:
         return None
     for alias in aliases:
         resolved = resolve_model_uri(f"models:/{name}@{alias}", tracking_uri=settings.resolved_mlflow_uri)
