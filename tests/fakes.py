@@ -6,6 +6,19 @@ import asyncio
 from typing import Any
 
 
+class Recorder:
+    """An ``emit`` sink: keeps every event's wire form."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    async def __call__(self, event: Any) -> None:
+        self.events.append(event.wire())
+
+    def of(self, type_: str) -> list[dict]:
+        return [e for e in self.events if e["type"] == type_]
+
+
 class Failing:
     """Wraps a real port; while ``error`` is set, every call raises it (optionally after ``delay``)."""
 

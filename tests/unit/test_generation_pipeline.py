@@ -17,7 +17,7 @@ from pipelines.ports import ModelPorts
 from pipelines.review import ReviewQueue, load_or_create_key
 from pipelines.session import Pipeline
 from pipelines.storage import SessionStore
-from tests.fakes import FaultyGenerator, ScriptedGenerator
+from tests.fakes import FaultyGenerator, Recorder, ScriptedGenerator
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -32,17 +32,6 @@ async def engine(smollm2_dir):
     generator = VllmGenerator(smollm2_dir, name="smollm2@test")
     yield generator
     await generator.close()
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[dict] = []
-
-    async def __call__(self, event) -> None:
-        self.events.append(event.wire())
-
-    def of(self, type_: str) -> list[dict]:
-        return [e for e in self.events if e["type"] == type_]
 
 
 @pytest_asyncio.fixture(loop_scope="module")

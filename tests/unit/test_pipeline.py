@@ -13,20 +13,9 @@ from pipelines.ports import ModelPorts
 from pipelines.review import ReviewQueue, load_or_create_key
 from pipelines.session import Pipeline
 from pipelines.storage import SessionStore, metadata
-from tests.fakes import Failing
+from tests.fakes import Failing, Recorder
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("no_leaked_tasks")]
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[dict] = []
-
-    async def __call__(self, event) -> None:
-        self.events.append(event.wire())
-
-    def of(self, type_: str) -> list[dict]:
-        return [e for e in self.events if e["type"] == type_]
 
 
 def make_ports(models: ModelPorts, **overrides) -> ModelPorts:

@@ -18,7 +18,7 @@ from pipelines.samples import two_speaker_call
 from pipelines.session import Pipeline
 from pipelines.storage import SessionStore
 from pipelines.voice import VoiceSession
-from tests.fakes import Failing
+from tests.fakes import Failing, Recorder
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_tasks")]
 
@@ -56,17 +56,6 @@ def voice_models(index_dir):
         "engines": engines,
         "speakers": LocalSpeakers(build_speaker_embedder(s)),
     }
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[dict] = []
-
-    async def __call__(self, event) -> None:
-        self.events.append(event.wire())
-
-    def of(self, t: str) -> list[dict]:
-        return [e for e in self.events if e["type"] == t]
 
 
 @pytest.fixture
