@@ -31,6 +31,12 @@ ERROR_CODES: dict[str, tuple[str, bool]] = {
     "pii_check_failed": ("PII detection failed; the message is held for manual review, not processed", True),
     "stage_failed": ("an analysis stage failed and its fallback was used", True),
     "internal_error": ("an unexpected server error; the connection stays usable", True),
+    "forbidden": ("valid credentials whose role may not do this (e.g. a customer token watching a session)", False),
+    "bad_signature": ("a webhook whose provider signature (e.g. X-Twilio-Signature) does not verify", False),
+    "bad_email": ("an inbound e-mail that is not parseable RFC 822 or has no sender or text", False),
+    "outbound_failed": ("a reply could not be delivered through the channel's provider; it is kept", True),
+    "crm_unavailable": ("the CRM connector failed; the session goes on and the CRM update is retried", True),
+    "session_ended": ("the session has ended; start or resume one", False),
 }
 
 
