@@ -33,6 +33,8 @@ $(STAMP): pyproject.toml requirements.lock
 	@$(PY) -W ignore -c 'import torch, pyannote.audio, vllm; torch.ones(2) @ torch.ones(2)'
 	@command -v espeak-ng >/dev/null || { echo "==> installing espeak-ng and sox (demo and test speech)"; \
 		(apt-get install -y -q espeak-ng sox || sudo apt-get install -y -q espeak-ng sox) >/dev/null; }
+	@command -v chromium >/dev/null || { echo "==> installing chromium (browser tests; playwright never downloads one)"; \
+		(apt-get install -y -q chromium || sudo apt-get install -y -q chromium) >/dev/null; }
 	@touch $(STAMP)
 
 install: $(STAMP) ## create/refresh the virtualenv
