@@ -669,17 +669,17 @@ class Router:
         agent = await self.state.get_agent(tenant, agent_id)
         if agent is None or not agent.can_take(frozenset()):
             return None
-        candidates = []
-        for queue in agent.skills:
-            for entry in await self.state.queue_entries(tenant, queue):
-                if entry.required_skills <= agent.skills:
-                    candidates.append(entry)
-                    break  # the first one it can take is this queue's candidate
+        candidates = [
+            entry
+            for queue in agent.skills
+            for entry in await self.state.queue_entries(tenant, queue)
+            if entry.required_skills <= agent.skills
+        ]
         if not candidates or not await self.state.try_reserve(tenant, agent_id):
             return None
         for entry in sorted(candidates, key=lambda e: (e.score, e.session_id)):
             if await self.state.remove(tenant, entry.session_id) is None:
-                continue  # another agent took it meanwhile
+                continue  # another agent took it meanwhile: the next one
             await self.state.set_assignment(tenant, Assignment(entry.session_id, agent_id, entry.queue))
             waited = max(0.0, time.time() - entry.enqueued_at)
             return RoutingDecision(
