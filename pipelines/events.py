@@ -38,6 +38,8 @@ __all__ = [
     "AssistDelta",
     "Escalation",
     "ErrorEvent",
+    "Routing",
+    "SessionSnapshot",
     "SessionEnded",
     "ServerEvent",
     "parse_client_event",
@@ -278,6 +280,22 @@ class Escalation(_Event):
     )
 
 
+class Routing(_Event):
+    """Where the conversation went after an escalation: to an agent, into a queue, or over to supervisors.
+    ``notice`` is the customer-facing text (expected delay); it holds no personal data."""
+
+    type: Literal["routing"] = "routing"
+    status: Literal["assigned", "queued", "overflow"]
+    queue: str
+    priority: Literal["low", "normal", "high", "urgent"]
+    notice: str
+    agent_id: str | None = None
+    position: int | None = None
+    expected_wait_s: float | None = None
+    reason: str | None = None
+    utterance_id: str | None = None
+
+
 class ErrorEvent(_Event):
     type: Literal["error"] = "error"
     code: str
@@ -292,6 +310,17 @@ class SessionEnded(_Event):
     summary: dict[str, Any] | None = None
 
 
+class SessionSnapshot(_Event):
+    """First event on a watch connection (agent desktop, `switchboard tail`): the session so far."""
+
+    type: Literal["session.snapshot"] = "session.snapshot"
+    session_id: str
+    channel: Channel
+    customer_id: str
+    status: Literal["live", "ended"]
+    events: list[dict[str, Any]]
+
+
 ServerEvent = (
     SessionStarted
     | TranscriptPartial
@@ -302,7 +331,9 @@ ServerEvent = (
     | Suggestion
     | AssistDelta
     | Escalation
+    | Routing
     | ErrorEvent
+    | SessionSnapshot
     | SessionEnded
 )
 

@@ -86,7 +86,7 @@ def render(event: dict) -> str:
         reason = (event.get("grounding") or {}).get("reason")
         return _c("34", f"{head}: articles shown" + (f" ({reason})" if reason else ""))
     if t == "assist.suggestion":
-        arts = "; ".join(f"{a['title']} ({a['score']:.2f})" for a in event["articles"])
+        arts = "; ".join(f"{a['title']} [{a['id']}] ({a['score']:.2f})" for a in event["articles"])
         ranked = f", reranked by {event['reranker']}" if event.get("reranker") else ""
         return _c(
             "34",
@@ -96,6 +96,9 @@ def render(event: dict) -> str:
         return _c("2;34", f"        ~ {event['text'].strip()}")
     if t == "escalation":
         return _c("1;31", f"   ⚠ ESCALATION → {event['queue']} [{event['priority']}]: {event['reason']}")
+    if t == "routing":
+        where = event.get("agent_id") or event["queue"]
+        return _c("1;33", f"   → routing {event['status']} to {where} [{event['priority']}]: {event['notice']}")
     if t == "error":
         return _c("33", f"   ! error {event['code']}: {event['message']}")
     if t == "session.ended":
@@ -158,23 +161,9 @@ async def play_voice(url: str, token: str) -> int:
                 )
             )
         )
-
-        async def receive() -> None:
-            while True:
-                event = await client.recv(wait_s=300)
-                print(render(event), flush=True)
-                if event["type"] == "session.ended":
-                    return
-
-        receiver = asyncio.create_task(receive())
-        t0 = asyncio.get_running_loop().time()
-        for i in range(0, len(pcm), frame):
-            await client.send(pcm[i : i + frame])
-            delay = t0 + (i + frame) / 32000 - asyncio.get_running_loop().time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        await client.send({"type": "session.end"})
-        await receiver
+        await client.stream_audio(
+            pcm, bytes_per_second=32000, frame_bytes=frame, on_event=lambda e: print(render(e), flush=True)
+        )
     return 0
 
 

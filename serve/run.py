@@ -35,6 +35,13 @@ class Running:
     settings: Settings
     grpc_target: str = "127.0.0.1:9000"
 
+    @property
+    def tokens(self) -> dict[str, str]:
+        """The local tokens by role: agent (the dev token), supervisor, customer (the chat widget)."""
+        from .auth import TokenAuthority
+
+        return TokenAuthority(self.token).tokens()
+
 
 def _say(msg: str) -> None:
     print(f"[switchboard] {msg}", file=sys.stderr, flush=True)
@@ -124,6 +131,9 @@ def launch(
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
+    from .protos import build as build_protos
+
+    build_protos()  # the switchboard.v1 gRPC code, if `make install` did not generate it yet
     config, resolved, token = _prepare(Path(config_path), settings or {}, port, grpc_port)
     schema = ServeDeploySchema.model_validate(config)
     os.environ.setdefault("RAY_worker_niceness", "0")
@@ -182,12 +192,16 @@ def main(argv: list[str] | None = None) -> int:
         shutdown()
         return 1
     token_file = Path(running.settings.data_dir) / "dev-token"
+    tokens = running.tokens
     print(
         "\nswitchboard is up\n"
         f"  websocket : {running.ws_url}\n"
         f"  health    : {running.http_url}/healthz\n"
         f"  gRPC      : {running.grpc_target}  (Riva-compatible nvidia.riva.asr.RivaSpeechRecognition)\n"
-        f"  dev token : {running.token}   (also in {token_file})\n"
+        f"  dev token : {running.token}   (role agent; also in {token_file})\n"
+        f"  desktop   : {running.http_url}/desktop?token={running.token}\n"
+        f"  supervisor: {running.http_url}/desktop?token={tokens['supervisor']}\n"
+        f"  widget    : {running.http_url}/widget?token={tokens['customer']}   (customer chat page)\n"
         f"  try       : python -m serve.demo --connect {running.ws_url}\n"
         + (
             "  dashboard : http://127.0.0.1:8265  (Ray dashboard: deployments, replicas, logs)\n"
