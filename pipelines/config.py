@@ -274,6 +274,69 @@ class Settings(BaseSettings):
         description="AES-256-GCM key for recordings at rest (32 bytes). Unset: `<data_dir>/recording.key`, "
         "created on first use.",
     )
+    # ---------------------------------------------------------------- routing to human agents
+    routing_redis_url: str | None = Field(
+        default=None,
+        description="Redis URL for agents, queues and seats, shared by every ingress replica "
+        "(`redis://127.0.0.1:6379/0`). Unset: in-process state (one replica).",
+    )
+    agents_file: Path | None = Field(
+        default=PACKAGE_DIR / "agents.yaml",
+        description="Agent roster (YAML: per tenant, agents with skills, capacity, status) loaded at start. "
+        "Unset: agents are managed in Redis only.",
+    )
+    routing_overflow_after_s: float = Field(
+        default=120.0, gt=0, description="Expected wait above which a conversation overflows to `supervisor`."
+    )
+    # ---------------------------------------------------------------- SMS and e-mail channels
+    max_email_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, description="Largest accepted inbound e-mail (raw RFC 822, attachments included)."
+    )
+    channels_tenant: str = Field(
+        default="demo",
+        description="Tenant that inbound SMS (Twilio webhook) and e-mail belong to on this deployment.",
+    )
+    channel_secret: str | None = Field(
+        default=None,
+        description="Key for the keyed hashes that stand for phone numbers and addresses (thread keys, "
+        "customer ids). Unset: derived from the dev token (local mode only).",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The URL Twilio calls (`https://assist.example.org`); its signature covers it. Unset: the "
+        "request's own URL (correct without a proxy in front).",
+    )
+    twilio_account_sid: str | None = Field(default=None, description="Twilio account SID (outbound SMS).")
+    twilio_auth_token: str | None = Field(
+        default=None,
+        description="Twilio auth token: checks `X-Twilio-Signature` and sends SMS. Unset (local): webhooks are "
+        "signed with the channel secret and replies go to `<data_dir>/outbox.jsonl`.",
+    )
+    twilio_from_number: str | None = Field(default=None, description="Our Twilio number for outbound SMS.")
+    twilio_base_url: str = Field(default="https://api.twilio.com", description="Twilio REST API base URL.")
+    smtp_host: str | None = Field(
+        default=None, description="SMTP server for e-mail replies. Unset: replies go to the local outbox."
+    )
+    smtp_port: int = Field(default=587, ge=1, le=65535, description="SMTP port.")
+    smtp_user: str | None = Field(default=None, description="SMTP user name.")
+    smtp_password: str | None = Field(default=None, description="SMTP password.")
+    smtp_from_address: str | None = Field(default=None, description="From address of e-mail replies.")
+    imap_host: str | None = Field(
+        default=None, description="IMAP server to poll for inbound e-mail (besides the webhook). Unset: no polling."
+    )
+    imap_user: str | None = Field(default=None, description="IMAP user name.")
+    imap_password: str | None = Field(default=None, description="IMAP password.")
+    imap_poll_s: float = Field(default=30.0, gt=0, description="Seconds between IMAP polls.")
+    # ---------------------------------------------------------------- CRM
+    crm: Literal["none", "zendesk"] = Field(
+        default="none", description="CRM connector: context at start, notes as it goes, a case at the end."
+    )
+    zendesk_url: str | None = Field(default=None, description="Zendesk base URL (`https://acme.zendesk.com`).")
+    zendesk_email: str | None = Field(default=None, description="Zendesk agent e-mail for the API token.")
+    zendesk_api_token: str | None = Field(default=None, description="Zendesk API token.")
+    crm_timeout_s: float = Field(
+        default=2.0, gt=0, description="Budget for the CRM's customer context at session start."
+    )
 
     @property
     def sqlalchemy_url(self) -> str:

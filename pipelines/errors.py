@@ -37,6 +37,7 @@ ERROR_CODES: dict[str, tuple[str, bool]] = {
     "outbound_failed": ("a reply could not be delivered through the channel's provider; it is kept", True),
     "crm_unavailable": ("the CRM connector failed; the session goes on and the CRM update is retried", True),
     "session_ended": ("the session has ended; start or resume one", False),
+    "not_found": ("an HTTP resource that does not exist (an agent, a page)", False),
 }
 
 

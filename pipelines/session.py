@@ -22,6 +22,7 @@ from models.generation.grounding import DEFAULT_TEMPLATE, PromptTemplate
 
 from .analytics import CallSignals, quality_summary
 from .config import Settings
+from .crm import CrmConnector, NullCrm
 from .errors import ProtocolError, SwitchboardError
 from .events import (
     ChatMessage,
@@ -36,13 +37,14 @@ from .events import (
     _Event,
     new_id,
 )
+from .handoff import CrmSession, CrmSync, Handoff
 from .metrics import count_feedback, count_prediction, count_shadow
 from .ports import FeaturePort, ModelPorts
 from .review import ReviewQueue
 from .served import assign_variant
 from .stages.assist import AssistStage
 from .stages.base import Stage, Turn
-from .stages.escalation import EscalationRules, EscalationStage
+from .stages.escalation import PRIORITIES, EscalationRules, EscalationStage
 from .stages.generate import ReplyWriter
 from .stages.guardrail import GuardrailStage
 from .stages.planner import PlannerStage
@@ -80,6 +82,9 @@ class SessionState:
     generation_tokens: int = 0  # prompt + completion tokens this session spent on generated replies
     generating: set[asyncio.Task] = field(default_factory=set)  # replies still being generated
     suggestion_models: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (source, model)
+    crm: CrmSession = field(default_factory=CrmSession)  # CRM context, case and notes
+    routed: bool = False  # an escalation was routed to a human agent (a seat or a queue place to release)
+    routed_at: float = 0.0  # time.time() of the last routing
 
     async def customer_features(self) -> Any:
         """The online features (None when no feature store is configured). The read started at session start;
@@ -109,8 +114,12 @@ class Pipeline:
         features: FeaturePort | None = None,
         prompt: PromptTemplate | None = None,
         provider: str = "our organisation",
+        handoff: Handoff | None = None,
+        crm: CrmConnector | None = None,
     ) -> None:
         self.settings = settings
+        self.handoff = handoff  # escalations are routed to human agents (None: alerts only)
+        self.crm = CrmSync(crm or NullCrm(), context_timeout_s=settings.crm_timeout_s)
         self.store = store
         self.ports = ports
         self.features = features
@@ -172,6 +181,7 @@ class Pipeline:
             started = SessionStarted(
                 session_id=state.session_id, tenant=tenant, channel=start.channel, variant=state.variant
             )
+        state.crm = self.crm.start(tenant, state.customer_id)
         if self.features is not None:
             port, customer = self.features, state.customer_id
             state.features = asyncio.ensure_future(port.online(customer))
@@ -198,6 +208,9 @@ class Pipeline:
             summary["assist"] = {**sources, "tokens": state.generation_tokens}
         if state.features is not None and state.features.done() and not state.features.cancelled():
             summary["customer_features"] = getattr(state.features.result(), "source", None)
+        context = await self.crm.context(state.crm) if self.crm.enabled else None
+        if context is not None:  # what the CRM knew at the start (no names or contact details)
+            summary["crm"] = {"open_tickets": context.open_tickets, "plan": context.plan, "tags": list(context.tags)}
         summary["quality"] = quality_summary(
             state.signals, channel=state.channel, duration_s=duration, escalations=state.escalations
         )
@@ -216,9 +229,27 @@ class Pipeline:
         await self.store.flush()
         if emit is not None:
             await emit(ended)
-        if self.features is not None:  # after the client has its summary: a slow store never delays it
+        # after the client has its summary: a slow router, feature store or CRM never delays it
+        await self._release_agent(state)
+        if self.features is not None:
             await self._push_features(state, summary)
+        if self.crm.enabled:
+            case = await self.crm.close(state.crm, state.tenant, state.session_id, state.customer_id, summary)
+            record: dict[str, Any] = {"type": "crm.case", "system": self.crm.crm.name}
+            record.update({"case_id": case.case_id, "created": case.created} if case else {"failed": True})
+            self._record(state, record)  # in the session log: which case holds it, or that it is owed
+            await self.store.flush()
         return ended
+
+    async def _release_agent(self, state: SessionState) -> None:
+        if self.handoff is None or not state.routed:
+            return
+        try:
+            await self.handoff.release(state.tenant, state.session_id, time.time() - state.routed_at)
+        except Exception as exc:  # the seat is freed by the supervisor view; never fail the session end
+            log.warning(
+                "releasing the agent seat failed (%s)", type(exc).__name__, extra={"session_id": state.session_id}
+            )
 
     async def _push_features(self, state: SessionState, summary: dict[str, Any]) -> None:
         """Fold this session into the customer's history features (Feast push source). A feature store
@@ -345,7 +376,19 @@ class Pipeline:
         )
         for ev in redaction:
             await self.publish(state, emit, ev)
+        line = self.crm.line(state.crm, turn.speaker, turn.redacted)
+        if turn.speaker == "agent":
+            self._crm_note(state, emit, line, None)
         return turn
+
+    def _crm_note(self, state: SessionState, emit: Emit, line: str, sentiment: float | None) -> None:
+        async def report(error: ErrorEvent) -> None:
+            try:
+                await self.publish(state, emit, error)
+            except Exception:  # the client left; the error is in the session log
+                pass
+
+        self.crm.note(state.crm, state.tenant, state.session_id, line, sentiment, report)
 
     async def analyse(self, state: SessionState, turn: Turn, emit: Emit) -> None:
         """Sentiment ∥ planner → assist → escalation for a finalized customer turn."""
@@ -358,9 +401,10 @@ class Pipeline:
             state.negative_streak = state.negative_streak + 1 if turn.sentiment.label == "negative" else 0
         for ev in [*sentiment_events, *planner_events]:
             await self.publish(state, emit, ev)
-        state.signals.customer_turn(
-            turn.redacted, turn.sentiment.score if turn.sentiment is not None else None, turn.intent
-        )
+        score = turn.sentiment.score if turn.sentiment is not None else None
+        state.signals.customer_turn(turn.redacted, score, turn.intent)
+        if turn.speaker != "agent":
+            self._crm_note(state, emit, f"{turn.speaker}: {turn.redacted}", score)
         for ev in await self._run(self.assist, turn, state, emit):
             if isinstance(ev, Suggestion):
                 state.signals.suggestions += 1
@@ -370,6 +414,7 @@ class Pipeline:
                 else:
                     self._final_suggestion(state, ev)
             await self.publish(state, emit, ev)
+        escalated: list[Escalation] = []
         for ev in await self._run(self.escalation, turn, state, emit):
             if isinstance(ev, Escalation):
                 state.escalations += 1
@@ -384,7 +429,37 @@ class Pipeline:
                     priority=ev.priority,
                 )
             await self.publish(state, emit, ev)
+            if isinstance(ev, Escalation):
+                escalated.append(ev)
+        if escalated and self.handoff is not None:  # one hand-off per turn: the most urgent of its rules
+            await self._route(state, max(escalated, key=lambda e: PRIORITIES.index(e.priority)), emit)
         self._account(state, turn)
+
+    async def _route(self, state: SessionState, escalation: Escalation, emit: Emit) -> None:
+        """Hand the escalated conversation to a human agent: assigned, queued (with the expected wait) or
+        overflowed; the ``routing`` event carries the customer-facing notice."""
+        assert self.handoff is not None
+        try:
+            routing = await asyncio.wait_for(
+                self.handoff.route(state.session_id, state.tenant, escalation), self.escalation.timeout_s
+            )
+        except Exception as exc:
+            log.error("routing failed (%s)", type(exc).__name__, extra={"session_id": state.session_id})
+            await self.publish(
+                state,
+                emit,
+                ErrorEvent(
+                    code="stage_failed",
+                    message="routing to an agent is unavailable; the escalation alert stands and supervisors see it",
+                    retryable=True,
+                    utterance_id=escalation.utterance_id,
+                ),
+            )
+            return
+        if routing is None:  # an agent has the conversation already
+            return
+        state.routed, state.routed_at = True, time.time()
+        await self.publish(state, emit, routing)
 
     def _final_suggestion(self, state: SessionState, ev: Suggestion) -> None:
         """What feedback on this suggestion is about (and, at the end, the summary's count by source)."""

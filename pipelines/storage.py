@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     insert,
@@ -45,6 +47,7 @@ __all__ = [
     "events",
     "escalations",
     "review_items",
+    "channel_threads",
 ]
 
 log = logging.getLogger("switchboard.storage")
@@ -151,6 +154,21 @@ session_analytics = Table(
     Column("variant", String(16)),
     Column("summary", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Which session a channel conversation belongs to: an SMS thread (customer + our number) or an email thread
+# (any Message-ID of it). Keys are keyed hashes, never raw phone numbers or addresses. Written directly, not
+# through the queue: two first messages of one thread must end in one session.
+channel_threads = Table(
+    "channel_threads",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("thread_key", String(128), nullable=False),
+    Column("session_id", String(64), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("tenant", "channel", "thread_key", name="uq_channel_threads_key"),
 )
 
 _REJECTED = (IntegrityError, DataError, ProgrammingError)
@@ -488,6 +506,56 @@ class SessionStore:
     async def session_events(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
         rows = await self._session_rows(events, tenant, session_id, events.c.seq)
         return [r["payload"] if isinstance(r["payload"], dict) else json.loads(r["payload"]) for r in rows]
+
+    # ------------------------------------------------------------ channel threads (written directly)
+
+    async def find_thread(self, tenant: str, channel: str, keys: Sequence[str]) -> str | None:
+        """The session owning the first of ``keys`` (in the order given) that is linked, or None."""
+        if not keys:
+            return None
+
+        def _read() -> str | None:
+            if not self._schema_ready:
+                self.create_schema()
+            t = channel_threads.c
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(t.thread_key, t.session_id).where(
+                        t.tenant == tenant, t.channel == channel, t.thread_key.in_(list(keys))
+                    )
+                ).all()
+            owners = {r.thread_key: r.session_id for r in rows}
+            return next((owners[k] for k in keys if k in owners), None)
+
+        return await asyncio.to_thread(_read)
+
+    async def link_thread(self, tenant: str, channel: str, key: str, session_id: str) -> str:
+        """Link ``key`` to ``session_id`` unless it is linked already; returns the session that owns the key
+        (the first writer wins, so two concurrent first messages of one thread end in one session)."""
+
+        def _link() -> str:
+            if not self._schema_ready:
+                self.create_schema()
+            row = dict(
+                tenant=tenant, channel=channel, thread_key=key, session_id=session_id, created_at=_now()
+            )
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(_INSERT["channel_threads"], row)
+                return session_id
+            except IntegrityError:
+                t = channel_threads.c
+                with self.engine.connect() as conn:
+                    owner = conn.execute(
+                        select(t.session_id).where(
+                            t.tenant == tenant, t.channel == channel, t.thread_key == key
+                        )
+                    ).scalar()
+                if owner is None:  # rejected for another reason than the key being taken
+                    raise
+                return owner
+
+        return await asyncio.to_thread(_link)
 
     # ------------------------------------------------------------ the writer
 

@@ -1,7 +1,8 @@
-"""The ingress deployment: FastAPI websocket ``/v1/sessions`` (PROTOCOL.md v1) and ``/healthz``.
+"""The ingress deployment: websocket ``/v1/sessions`` (PROTOCOL.md v1), the switchboard.v1 and Riva gRPC
+services, webhooks, the agent desktop and ``/healthz``.
 
-Thin by design: frames are translated to typed events, errors are mapped to stable codes in one place
-(``_session_loop``), and everything else happens in ``pipelines.session.Pipeline``.
+Thin by design: ``serve/connection.py`` translates frames (websocket JSON or gRPC protobuf) to typed events
+and maps errors to stable codes in one place; everything else happens in ``pipelines.session.Pipeline``.
 """
 
 from __future__ import annotations
@@ -9,35 +10,35 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from pipelines.audio import AudioDecoder, BadAudio
+from pipelines.channels import outbound_from_settings, parse_email, parse_inbound_sms, twiml_message
+from pipelines.channels.inbox import ChannelInbox
+from pipelines.channels.sms import validate_twilio_request
 from pipelines.config import Settings
+from pipelines.crm import crm_from_settings
 from pipelines.errors import AuthError, ProtocolError, SwitchboardError
-from pipelines.events import (
-    CLIENT_TYPES,
-    AudioFormat,
-    ErrorEvent,
-    SessionEnd,
-    SessionStart,
-    _Event,
-    parse_client_event,
-)
+from pipelines.events import ErrorEvent, SessionStart, _Event
+from pipelines.handoff import Handoff, routing_event
+from pipelines.live import LiveHub
 from pipelines.recordings import RecordingStore
 from pipelines.review import ReviewQueue, load_or_create_key
+from pipelines.routing import Router, load_agents, routing_state
 from pipelines.session import Pipeline, SessionState
 from pipelines.storage import SessionStore
 from pipelines.voice import VoiceSession
 
-from . import riva_api
-from .auth import TokenAuthority, bearer_token
+from . import grpc_api, riva_api
+from .auth import Principal, TokenAuthority, bearer_token
+from .connection import SessionConnection, WatchConnection
 from .handles import handle_ports
 
 __all__ = ["Ingress", "app"]
@@ -51,13 +52,41 @@ app = FastAPI(
 _POLICY_VIOLATION = 1008
 
 
-def _validation_message(exc: ValidationError) -> str:
-    """Field locations and reasons only: pydantic's default message echoes input values, which may hold PII."""
-    parts = [
-        f"{'.'.join(str(p) for p in e['loc']) or 'event'}: {e['msg']}"
-        for e in exc.errors(include_input=False)
-    ]
-    return "invalid event: " + "; ".join(parts[:5])
+def _http_error(code: str, message: str, status: int) -> JSONResponse:
+    return JSONResponse(ErrorEvent(code=code, message=message).wire(), status_code=status)
+_STATIC = Path(__file__).resolve().parent / "static"
+
+
+class _WsTransport:
+    """A websocket as a session transport: JSON text frames and binary audio frames."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+
+    async def receive(self) -> str | bytes | None:
+        try:
+            frame = await self.ws.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        if frame["type"] == "websocket.disconnect":
+            return None
+        text = frame.get("text")
+        return text if text is not None else (frame.get("bytes") or b"")
+
+    async def send(self, event: _Event | dict[str, Any]) -> None:
+        if self.ws.client_state != WebSocketState.CONNECTED:
+            return  # the client left; the event is already in the session's stored log
+        try:
+            await self.ws.send_text(json.dumps(event if isinstance(event, dict) else event.wire()))
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.ws.client_state == WebSocketState.CONNECTED:
+            try:
+                await self.ws.close(code=code, reason=reason)
+            except (RuntimeError, OSError):
+                pass
 
 
 def _b64(payload: Any) -> bytes:
@@ -116,15 +145,33 @@ class Ingress:
         from pipelines.generation import load_prompt_template
         from pipelines.indexing import provider_name
 
+        self.hub = LiveHub()  # live sessions of this replica: customer side, watchers, desktop summaries
+        s = self.settings
+        self.router = Router(routing_state(s.routing_redis_url), overflow_after_s=s.routing_overflow_after_s)
         self.pipeline = Pipeline(
             self.ports,
             self.store,
             review,
-            self.settings,
+            s,
             features=self.features,
-            prompt=load_prompt_template(self.settings) if generator is not None else None,
-            provider=provider_name(self.settings.kb_path),
+            prompt=load_prompt_template(s) if generator is not None else None,
+            provider=provider_name(s.kb_path),
+            handoff=Handoff(self.router, self._dispatched),
+            crm=None
+            if s.crm == "none"
+            else crm_from_settings(s.crm, base_url=s.zendesk_url, email=s.zendesk_email, api_token=s.zendesk_api_token),
         )
+        # SMS and e-mail: thread keys and customer ids are keyed hashes (local mode: keyed by the dev token)
+        self.channel_secret = s.channel_secret or self.auth.derived("channels")
+        self.inbox = ChannelInbox(
+            self.pipeline,
+            self.hub,
+            tenant=s.channels_tenant,
+            secret=self.channel_secret,
+            sms_out=outbound_from_settings("sms", s),
+            email_out=outbound_from_settings("email", s),
+        )
+        self._background: set[asyncio.Task] = set()
         self.vad = None
         self.recordings = None
         if asr is not None:
@@ -136,13 +183,50 @@ class Ingress:
             )
         self._started = asyncio.Lock()
         self._store_running = False
-        self.active_sessions = 0
+
+    @property
+    def active_sessions(self) -> int:
+        return self.hub.active
 
     async def _ensure_store(self) -> None:
         async with self._started:
             if not self._store_running:
                 await self.store.start()
                 self._store_running = True
+                await self._load_roster()
+                if self.settings.imap_host:
+                    self._start_imap()
+
+    async def _load_roster(self) -> None:
+        """The agent roster file into the routing state (agents' seats in use are kept)."""
+        path = self.settings.agents_file
+        if path is None:
+            return
+        try:
+            for agent in load_agents(path):
+                await self.router.state.upsert_agent(agent)
+        except Exception as exc:  # routing then queues or overflows; the desktop shows no agents
+            log.error("agent roster %s not loaded (%s: %s)", path, type(exc).__name__, exc)
+
+    async def _dispatched(self, tenant: str, decision: Any) -> None:
+        """A waiting conversation was given to an agent who became free: tell its customer (if it is here)."""
+        live = self.hub.get(tenant, decision.session_id)
+        if live is not None and not live.ended:
+            await self.pipeline.publish(live.state, live.emit, routing_event(decision))
+
+    def _start_imap(self) -> None:
+        from pipelines.channels import ImapPoller
+
+        s = self.settings
+        poller = ImapPoller(s.imap_host, 993, s.imap_user or "", s.imap_password or "", interval_s=s.imap_poll_s)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(poller.run(self._email_raw, stop))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _email_raw(self, raw: bytes) -> str:
+        email = parse_email(raw, max_bytes=self.settings.max_email_bytes)
+        return await self.inbox.email(email)
 
     async def __del__(self) -> None:
         if self._store_running:
@@ -239,6 +323,16 @@ class Ingress:
             channel_speakers=speakers,
         )
 
+    # ------------------------------------------------------------ switchboard.v1 gRPC (serve/grpc_api.py)
+
+    async def Stream(self, request_stream: Any, grpc_context: Any = None):  # noqa: N802 - the RPC's name
+        async for message in grpc_api.stream(self, request_stream, grpc_context):
+            yield message
+
+    async def Watch(self, request: Any, grpc_context: Any = None):  # noqa: N802
+        async for message in grpc_api.watch(self, request, grpc_context):
+            yield message
+
     # ------------------------------------------------------------ Riva-compatible gRPC (serve/riva_api.py)
 
     async def Recognize(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - Riva's RPC name
@@ -250,144 +344,153 @@ class Ingress:
 
     # ------------------------------------------------------------ websocket
 
+    def _principal(self, authorization: str | None, query_token: str | None) -> Principal:
+        return self.auth.authenticate(bearer_token(authorization, query_token))
+
     @app.websocket("/v1/sessions")
     async def sessions(self, ws: WebSocket) -> None:
         await ws.accept()
+        transport = _WsTransport(ws)
         try:
-            principal = self.auth.authenticate(
-                bearer_token(ws.headers.get("authorization"), ws.query_params.get("token"))
-            )
+            principal = self._principal(ws.headers.get("authorization"), ws.query_params.get("token"))
         except AuthError as exc:
-            await self._send(ws, exc.to_event())
-            await ws.close(code=_POLICY_VIOLATION, reason="unauthorized")
+            await transport.send(exc.to_event())
+            await transport.close(_POLICY_VIOLATION, "unauthorized")
             return
         await self._ensure_store()
-        self.active_sessions += 1
+        await SessionConnection(self, transport, principal).run()
+
+    @app.websocket("/v1/sessions/{session_id}/watch")
+    async def watch(self, ws: WebSocket, session_id: str) -> None:
+        """Follow a session (agent desktop, `switchboard tail`): `session.snapshot`, then its events live."""
+        await ws.accept()
+        transport = _WsTransport(ws)
         try:
-            await self._session_loop(ws, principal.tenant)
-        finally:
-            self.active_sessions -= 1
+            principal = self._principal(ws.headers.get("authorization"), ws.query_params.get("token"))
+        except AuthError as exc:
+            await transport.send(exc.to_event())
+            await transport.close(_POLICY_VIOLATION, "unauthorized")
+            return
+        await self._ensure_store()
+        await WatchConnection(self, transport, principal, session_id[:64]).run()
 
-    async def _send(self, ws: WebSocket, event: _Event) -> None:
-        if ws.client_state != WebSocketState.CONNECTED:
-            return  # the client left; the event is already in the session's stored log
+    # ------------------------------------------------------------ agent desktop, widget, staff views
+
+    def _staff(self, request: Request) -> Principal | JSONResponse:
         try:
-            await ws.send_text(json.dumps(event.wire()))
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            pass
+            principal = self._principal(request.headers.get("authorization"), request.query_params.get("token"))
+        except AuthError as exc:
+            return JSONResponse(exc.to_event().wire(), status_code=401)
+        if not principal.staff:
+            return JSONResponse(
+                ProtocolError("this needs an agent or supervisor token", code="forbidden").to_event().wire(),
+                status_code=403,
+            )
+        return principal
 
-    async def _session_loop(self, ws: WebSocket, tenant: str) -> None:
-        state: SessionState | None = None
-        voice: VoiceSession | None = None
-        pipeline = self.pipeline
-        limit = self.settings.max_message_bytes
-
-        async def emit(event: _Event) -> None:
-            await self._send(ws, event)
-
-        async def reject(error: SwitchboardError | ErrorEvent) -> None:
-            event = error if isinstance(error, ErrorEvent) else error.to_event()
-            if state is not None:
-                await pipeline.publish(state, emit, event)  # stored with the session too
-            else:
-                await emit(event)
-
+    @app.get("/v1/whoami")
+    async def whoami(self, request: Request) -> JSONResponse:
         try:
-            while True:
-                frame = await ws.receive()
-                if frame["type"] == "websocket.disconnect":
-                    break
-                text, data = frame.get("text"), frame.get("bytes")
-                try:
-                    if text is None:
-                        size = len(data or b"")
-                        if size > limit:
-                            raise ProtocolError(
-                                f"binary frame of {size} bytes exceeds {limit}", code="message_too_large"
-                            )
-                        if state is None:
-                            raise ProtocolError("send session.start before audio", code="session_not_started")
-                        if voice is None:
-                            raise ProtocolError(
-                                f"binary audio frames are for voice sessions; this is a {state.channel} session",
-                                code="unexpected_binary",
-                            )
-                        await voice.feed(data or b"")
-                        continue
-                    event = self._parse(text, limit)
-                    if isinstance(event, SessionStart):
-                        if state is not None:
-                            raise ProtocolError(
-                                "this connection already has a session", code="session_already_started"
-                            )
-                        if event.channel == "voice" and self.vad is None:
-                            raise ProtocolError(
-                                "voice is not enabled on this server (no ASR deployment); use chat, sms or email",
-                                code="channel_unavailable",
-                            )
-                        state, started = await pipeline.start_session(tenant, event)
-                        await emit(started)
-                        if state.channel == "voice":
-                            fmt = event.audio or AudioFormat()
-                            voice = await self._voice_session(
-                                state, emit, fmt.encoding, fmt.sample_rate, fmt.channels
-                            )
-                    elif state is None:
-                        raise ProtocolError("send session.start first", code="session_not_started")
-                    elif isinstance(event, SessionEnd):
-                        if voice is not None:
-                            await voice.close()
-                            voice = None
-                        await pipeline.end_session(state, emit)
-                        state = None
-                        await ws.close(code=1000)
-                        return
-                    else:
-                        await pipeline.handle(state, event, emit)
-                except SwitchboardError as exc:
-                    await reject(exc)
-                except Exception as exc:  # never let one frame take the connection (or the server) down
-                    log.error("unexpected error handling a frame (%s)", type(exc).__name__)
-                    await reject(
-                        ErrorEvent(
-                            code="internal_error",
-                            message="the server could not handle that frame; the session continues",
-                            retryable=True,
-                        )
-                    )
-        except WebSocketDisconnect:
-            pass
-        finally:
-            if voice is not None:
-                await voice.close()  # finals of audio already received are still transcribed and stored
-            if state is not None and not state.ended:
-                await pipeline.end_session(state, None, status="disconnected")
+            principal = self._principal(request.headers.get("authorization"), request.query_params.get("token"))
+        except AuthError as exc:
+            return JSONResponse(exc.to_event().wire(), status_code=401)
+        return JSONResponse({"tenant": principal.tenant, "role": principal.role})
+
+    @app.get("/v1/live")
+    async def live(self, request: Request) -> JSONResponse:
+        """This replica's live sessions (and recently ended ones), newest first."""
+        principal = self._staff(request)
+        if isinstance(principal, JSONResponse):
+            return principal
+        return JSONResponse({"sessions": self.hub.sessions(principal.tenant)})
+
+    @app.get("/v1/queues")
+    async def queues(self, request: Request) -> JSONResponse:
+        principal = self._staff(request)
+        if isinstance(principal, JSONResponse):
+            return principal
+        return JSONResponse(await self.router.snapshot(principal.tenant))
+
+    @app.post("/v1/agents/{agent_id}/status")
+    async def agent_status(self, agent_id: str, request: Request) -> JSONResponse:
+        """``{"status": "available" | "away" | "offline"}``; an agent becoming available takes waiting
+        conversations at once (their customers get a `routing` event)."""
+        principal = self._staff(request)
+        if isinstance(principal, JSONResponse):
+            return principal
+        try:
+            status = (await request.json()).get("status")
+        except (ValueError, AttributeError):
+            status = None
+        if status not in ("available", "away", "offline"):
+            return _http_error("invalid_event", "send {\"status\": \"available\" | \"away\" | \"offline\"}", 400)
+        try:
+            decisions = await self.router.set_status(principal.tenant, agent_id[:64], status)
+        except KeyError:
+            return _http_error("not_found", f"no agent {agent_id[:64]!r} in this tenant", 404)
+        for decision in decisions:
+            await self._dispatched(principal.tenant, decision)
+        return JSONResponse({"agent_id": agent_id, "status": status, "assigned": [d.session_id for d in decisions]})
+
+    # ------------------------------------------------------------ SMS and e-mail webhooks
+
+    @app.post("/v1/sms/twilio")
+    async def sms_webhook(self, request: Request) -> Response:
+        """Twilio's inbound-message webhook (form post, signed with X-Twilio-Signature). Replies go out through
+        the SMS adapter when an agent writes; the webhook answers with an empty TwiML response."""
+        await self._ensure_store()
+        body = await request.body()
+        if len(body) > self.settings.max_message_bytes:
+            return _http_error("message_too_large", f"webhook body over {self.settings.max_message_bytes} bytes", 413)
+        form = await request.form()
+        params = {k: str(v) for k, v in form.multi_items()}
+        url = (self.settings.public_url.rstrip("/") + request.url.path) if self.settings.public_url else str(request.url)
+        key = self.settings.twilio_auth_token or self.channel_secret
+        if not validate_twilio_request(key, url, params, request.headers.get("x-twilio-signature", "")):
+            return _http_error("bad_signature", "X-Twilio-Signature does not match this request", 403)
+        try:
+            session_id = await self.inbox.sms(parse_inbound_sms(params))
+        except SwitchboardError as exc:
+            return _http_error(exc.code, exc.message, 400)
+        return Response(twiml_message(None), media_type="application/xml", headers={"X-Session-Id": session_id})
+
+    @app.post("/v1/email/inbound")
+    async def email_webhook(self, request: Request) -> JSONResponse:
+        """One raw RFC 822 message (``Content-Type: message/rfc822``) from the mail gateway, with a staff token.
+        Threaded into its session by Message-ID / In-Reply-To / References; quoted history is stripped."""
+        principal = self._staff(request)
+        if isinstance(principal, JSONResponse):
+            return principal
+        await self._ensure_store()
+        raw = await request.body()
+        try:
+            email = parse_email(raw, max_bytes=self.settings.max_email_bytes)
+            session_id = await self.inbox.email(email)
+        except SwitchboardError as exc:
+            return _http_error(exc.code, exc.message, 413 if exc.code == "message_too_large" else 400)
+        return JSONResponse(
+            {"session_id": session_id, "quoted_removed": email.quoted_removed, "attachments": email.attachments},
+            status_code=202,
+        )
+
+    @app.get("/desktop")
+    async def desktop(self) -> Response:
+        return self._static("desktop.html")
+
+    @app.get("/widget")
+    async def widget(self) -> Response:
+        return self._static("widget.html")
+
+    @app.get("/static/{name}")
+    async def static(self, name: str) -> Response:
+        return self._static(name)
 
     @staticmethod
-    def _parse(text: str, limit: int) -> Any:
-        """Text frame → client event, or the ProtocolError that names what is wrong with it."""
-        if len(text) > limit // 4 and len(text.encode()) > limit:
-            raise ProtocolError(
-                f"text frame of {len(text.encode())} bytes exceeds the {limit}-byte limit; split the message",
-                code="message_too_large",
-            )
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ProtocolError(
-                f"frame is not valid JSON ({exc.msg} at {exc.pos})", code="bad_json"
-            ) from None
-        if not isinstance(raw, dict):
-            raise ProtocolError("frame must be a JSON object with a `type` field", code="bad_json")
-        if raw.get("type") not in CLIENT_TYPES:
-            raise ProtocolError(
-                f"unknown event type {str(raw.get('type'))[:40]!r}; expected one of {', '.join(CLIENT_TYPES)}",
-                code="unknown_type",
-            )
-        try:
-            return parse_client_event(raw)
-        except ValidationError as exc:
-            raise ProtocolError(_validation_message(exc), code="invalid_event") from None
+    def _static(name: str) -> Response:
+        path = (_STATIC / name).resolve()
+        if path.parent != _STATIC or not path.is_file():
+            return JSONResponse({"code": "not_found", "message": f"no file {name[:64]!r}"}, status_code=404)
+        return FileResponse(path)
 
     # ------------------------------------------------------------ Twilio Media Streams
 
@@ -398,19 +501,21 @@ class Ingress:
         Analysis events are stored for the agent desktop; only errors are sent back on this socket."""
         await ws.accept()
         await self._ensure_store()
+        transport = _WsTransport(ws)
         state: SessionState | None = None
         voice: VoiceSession | None = None
+        live = None
         tracks: dict[str, int] = {}
 
         async def quiet(event: _Event) -> None:  # Twilio does not read our events; errors only
             if event.type == "error":
-                await self._send(ws, event)
+                await transport.send(event)
 
         async def reject(exc: SwitchboardError) -> None:
             if state is not None:
-                await self.pipeline.publish(state, quiet, exc.to_event())
+                await self.pipeline.publish(state, live.emit, exc.to_event())
             else:
-                await self._send(ws, exc.to_event())
+                await transport.send(exc.to_event())
 
         try:
             while True:
@@ -446,8 +551,9 @@ class Ingress:
                         state, _ = await self.pipeline.start_session(
                             principal.tenant, SessionStart(channel="voice", customer_id=customer)
                         )
+                        live = self.hub.open(state, quiet, customer_view=False)  # the desktop sees the call
                         speakers = tuple("customer" if t == "inbound" else "agent" for t in tracks)
-                        voice = await self._voice_session(state, quiet, "mulaw", 8000, 1, speakers)
+                        voice = await self._voice_session(state, live.emit, "mulaw", 8000, 1, speakers)
                     elif kind == "media":
                         if voice is None:
                             raise ProtocolError("`media` before `start`", code="session_not_started")
@@ -461,8 +567,8 @@ class Ingress:
                     elif kind not in ("mark", "dtmf"):
                         raise ProtocolError(f"unknown Twilio event {str(kind)[:40]!r}", code="unknown_type")
                 except AuthError as exc:
-                    await self._send(ws, exc.to_event())
-                    await ws.close(code=_POLICY_VIOLATION, reason="unauthorized")
+                    await transport.send(exc.to_event())
+                    await transport.close(_POLICY_VIOLATION, "unauthorized")
                     return
                 except SwitchboardError as exc:
                     await reject(exc)
@@ -477,9 +583,10 @@ class Ingress:
             if voice is not None:
                 await voice.close()
             if state is not None and not state.ended:
-                await self.pipeline.end_session(state, None)
-        if ws.client_state == WebSocketState.CONNECTED:
-            await ws.close(code=1000)
+                await self.pipeline.end_session(state, live.emit)
+            if live is not None:
+                self.hub.close(live)
+        await transport.close(1000)
 
     def _twilio_message(self, text: str | None) -> dict[str, Any]:
         if text is None:

@@ -193,6 +193,7 @@ _ATTRIBUTION = re.compile(
     r"il\b.*\bha\s+scritto|em\b.*\bescreveu)\s*:\s*$",
     re.IGNORECASE | re.DOTALL,
 )
+_MAX_ATTRIBUTION = 400  # characters: a date, a name and an address (also bounds the regex's work)
 _ATTRIBUTION_START = re.compile(r"^\s*(on|le|am|el|op|il|em)\s", re.IGNORECASE)
 # Outlook's header block: From / Sent / To / Subject (and translations), plain or *bold* from HTML.
 _HEADER = re.compile(r"^\s*\*?(?P<name>[^\W\d_][\w ]{0,12}?)\s?:\*?\s", re.UNICODE)
@@ -213,7 +214,10 @@ def _attribution_span(lines: list[str], i: int) -> int:
     if not _ATTRIBUTION_START.match(lines[i]):
         return 0
     for span in (1, 2, 3):
-        if i + span <= len(lines) and _ATTRIBUTION.match(" ".join(lines[i : i + span])):
+        joined = " ".join(lines[i : i + span])
+        if len(joined) > _MAX_ATTRIBUTION:
+            return 0
+        if i + span <= len(lines) and _ATTRIBUTION.match(joined):
             return span
     return 0
 
