@@ -274,6 +274,16 @@ class Settings(BaseSettings):
         description="AES-256-GCM key for recordings at rest (32 bytes). Unset: `<data_dir>/recording.key`, "
         "created on first use.",
     )
+    master_key_file: Path | None = Field(
+        default=None,
+        description="Master key (32 bytes) that wraps the per-tenant data keys encrypting transcripts, events and "
+        "recordings at rest. Unset: `<data_dir>/master.key`, created on first use.",
+    )
+    old_master_key_files: str | None = Field(
+        default=None,
+        description="Comma-separated earlier master key files, still used to unwrap data keys during a master-key "
+        "rotation (`python -m pipelines.keys rewrap`).",
+    )
     # ---------------------------------------------------------------- routing to human agents
     routing_redis_url: str | None = Field(
         default=None,
@@ -337,6 +347,52 @@ class Settings(BaseSettings):
     crm_timeout_s: float = Field(
         default=2.0, gt=0, description="Budget for the CRM's customer context at session start."
     )
+    # ---- authentication (serve/auth.py): JWT bearer tokens and API keys
+    jwt_secret: str | None = Field(
+        default=None,
+        min_length=32,
+        description="HS256 secret for tenant JWTs (at least 32 characters). Unset with no JWKS URL (local mode): "
+        "derived from the dev token, and the dev tokens are accepted too. Set: the dev tokens are not.",
+    )
+    jwt_jwks_url: str | None = Field(
+        default=None,
+        description="JWKS URL of the customer's OIDC provider (RS256/ES256 tokens, `.../.well-known/jwks.json`). "
+        "Set: production mode, the dev tokens are refused, and HS256 tokens too unless `jwt_secret` is set.",
+    )
+    jwt_jwks_cache_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long fetched JWKS keys are trusted before they are fetched again (an unknown `kid` "
+        "refetches at once); a removed key stops working within this time.",
+    )
+    jwt_jwks_timeout_s: float = Field(default=5.0, gt=0, le=60, description="Timeout of one JWKS fetch.")
+    jwt_issuer: str | None = Field(
+        default=None, description="Required `iss` of tenant JWTs (the OIDC issuer URL). Unset: not checked."
+    )
+    jwt_audience: str | None = Field(
+        default=None,
+        description="Required `aud` of tenant JWTs. Unset: tokens that carry an `aud` are refused.",
+    )
+    jwt_tenant_claim: str = Field(
+        default="tenant",
+        min_length=1,
+        description="Claim holding the tenant id (`^[A-Za-z0-9_.-]{1,64}$`); a dotted path reaches a nested claim.",
+    )
+    jwt_role_claim: str = Field(
+        default="role",
+        min_length=1,
+        description="Claim holding the role (`customer`, `agent`, `supervisor`, `admin`, `service`) or a list of "
+        "roles of which the highest known one counts (`realm_access.roles`: a nested claim). `role`: a `roles` "
+        "list is read when there is no `role`.",
+    )
+    jwt_leeway_s: float = Field(
+        default=30.0, ge=0, le=300, description="Clock skew allowed on `exp`, `nbf` and `iat`."
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="API keys for server-to-server webhooks (YAML or JSON list of `{id, tenant, role, sha256}`; "
+        "only hashes; `python -m serve.auth new-key` makes one). Re-read when it changes. Unset: no API keys.",
+    )
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -380,6 +436,10 @@ class Settings(BaseSettings):
     @property
     def resolved_recording_key_file(self) -> Path:
         return self.recording_key_file or self.data_dir / "recording.key"
+
+    @property
+    def resolved_master_key_file(self) -> Path:
+        return self.master_key_file or self.data_dir / "master.key"
 
     @property
     def resolved_review_key_file(self) -> Path:

@@ -14,7 +14,7 @@ import os
 import struct
 import wave
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
@@ -36,10 +36,26 @@ class RecordingError(RuntimeError):
 
 
 class RecordingStore:
-    def __init__(self, url: str, key_file: Path, store: SessionStore) -> None:
+    def __init__(self, url: str, key_file: Path, store: SessionStore, keyring: Any | None = None) -> None:
+        """With a ``keyring`` (pipelines.keys.KeyRing) new recordings are sealed with the tenant's data key
+        (its version in the part's header); ``key_file`` still opens recordings made before that."""
         self.url = url.rstrip("/")
-        self._aead = AESGCM(load_or_create_key(Path(key_file)))
+        self.key_file = Path(key_file)
+        self._legacy: AESGCM | None = None
+        self.keyring = keyring
         self.store = store
+
+    def _key(self, tenant: str, version: int | None) -> AESGCM:
+        if version is None:  # sealed with the single recording key (before per-tenant keys)
+            if self._legacy is None:
+                self._legacy = AESGCM(load_or_create_key(self.key_file))
+            return self._legacy
+        if self.keyring is None:
+            raise RecordingError("this recording is sealed with a tenant data key; configure the master key")
+        return self.keyring.key(tenant, version)
+
+    def _writer_key(self, tenant: str) -> tuple[int | None, AESGCM]:
+        return self.keyring.active(tenant) if self.keyring is not None else (None, self._key(tenant, None))
 
     def _path(self, tenant: str, session_id: str, part: int) -> str:
         return f"{self.url}/{tenant}/{session_id}/part-{part:04d}.sbrec"
@@ -60,12 +76,13 @@ class RecordingStore:
         if header["tenant"] != tenant or header["session_id"] != session_id:
             raise RecordingError("recording header does not match its record")
         pos += 4 + hlen
+        aead = self._key(tenant, header.get("key_version"))
         pcm, index = bytearray(), 0
         while pos < len(data):
             (clen,) = struct.unpack(">I", data[pos : pos + 4])
             nonce = data[pos + 4 : pos + 16]
             chunk = data[pos + 16 : pos + 16 + clen]
-            pcm += self._aead.decrypt(nonce, chunk, _aad(tenant, session_id, part, index))
+            pcm += aead.decrypt(nonce, chunk, _aad(tenant, session_id, part, index))
             pos += 16 + clen
             index += 1
         return header["channels"], bytes(pcm)
@@ -115,6 +132,7 @@ class Recorder:
         fs, path = fsspec.core.url_to_fs(self.uri)
         fs.makedirs(os.path.dirname(path), exist_ok=True)
         self._fh = fs.open(path, "wb")
+        self.key_version, self._aead = owner._writer_key(tenant)
         header = json.dumps(
             {
                 "tenant": tenant,
@@ -122,6 +140,7 @@ class Recorder:
                 "channels": channels,
                 "sample_rate": SAMPLE_RATE,
                 "part": part,
+                **({"key_version": self.key_version} if self.key_version is not None else {}),
             }
         ).encode()
         self._fh.write(MAGIC + struct.pack(">I", len(header)) + header)
@@ -159,7 +178,7 @@ class Recorder:
         self.samples += n
         pcm = (np.clip(frames, -1.0, 1.0) * 32767).astype("<i2").tobytes()
         nonce = os.urandom(12)
-        sealed = self.owner._aead.encrypt(
+        sealed = self._aead.encrypt(
             nonce, pcm, _aad(self.tenant, self.session_id, self.part, self._index)
         )
         self._fh.write(struct.pack(">I", len(sealed)) + nonce + sealed)

@@ -210,9 +210,14 @@ def _make_engine(url: str) -> Engine:
 class SessionStore:
     """Async facade over a sync SQLAlchemy engine with a write-behind queue."""
 
-    def __init__(self, url: str, *, batch_size: int = 256, max_backoff_s: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, batch_size: int = 256, max_backoff_s: float = 5.0, keyring: Any | None = None
+    ) -> None:
         self.url = url
         self.engine = _make_engine(url)
+        # pipelines.keys.KeyRing: transcripts and event payloads are sealed with the tenant's data key
+        # (in the writer thread, just before they are written) and opened on the way back
+        self.keyring = keyring
         self.batch_size = batch_size
         self.max_backoff_s = max_backoff_s
         self._pending: deque[tuple[Any, Any]] = deque()  # (statement, params)
@@ -474,9 +479,12 @@ class SessionStore:
                         escalations.c.session_id == session_id, escalations.c.tenant == tenant
                     )
                 ).scalars()
-                suggestions = conn.execute(
-                    select(events.c.payload).where(*scoped, events.c.type == "assist.suggestion")
-                ).scalars()
+                suggestions = [
+                    self._opened_payload(tenant, session_id, r.seq, r.payload)
+                    for r in conn.execute(
+                        select(events.c.seq, events.c.payload).where(*scoped, events.c.type == "assist.suggestion")
+                    )
+                ]
                 turns = conn.execute(
                     select(utterances.c.id).where(
                         utterances.c.session_id == session_id,
@@ -492,20 +500,23 @@ class SessionStore:
                     row.status,
                     (n[0] + 1) if n else 0,
                     fired_rules=frozenset(r for r in rules if r),
-                    suggestion_ids=frozenset(
-                        (p if isinstance(p, dict) else json.loads(p))["suggestion_id"] for p in suggestions
-                    ),
+                    suggestion_ids=frozenset(p["suggestion_id"] for p in suggestions),
                     turns=len(turns),
                 )
 
         return await asyncio.to_thread(_read)
 
     async def transcript(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
-        return await self._session_rows(utterances, tenant, session_id, utterances.c.seq)
+        rows = await self._session_rows(utterances, tenant, session_id, utterances.c.seq)
+        if self.keyring is None:
+            return rows
+        return await asyncio.to_thread(lambda: [{**r, "text": self._opened_text(r)} for r in rows])
 
     async def session_events(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
         rows = await self._session_rows(events, tenant, session_id, events.c.seq)
-        return [r["payload"] if isinstance(r["payload"], dict) else json.loads(r["payload"]) for r in rows]
+        return await asyncio.to_thread(
+            lambda: [self._opened_payload(tenant, session_id, r["seq"], r["payload"]) for r in rows]
+        )
 
     # ------------------------------------------------------------ channel threads (written directly)
 
@@ -559,9 +570,39 @@ class SessionStore:
 
     # ------------------------------------------------------------ the writer
 
+    def _sealed(self, statement: Any, params: dict[str, Any]) -> dict[str, Any]:
+        """The row as stored: with a key ring, an utterance's text and an event's payload are sealed with the
+        tenant's data key, bound to their session and row (a sealed value moved elsewhere does not open)."""
+        if self.keyring is None or not getattr(statement, "is_insert", False):
+            return params
+        if statement is _INSERT["utterances"]:
+            aad = f"{params['session_id']}/utterance/{params['id']}".encode()
+            return {**params, "text": self.keyring.seal_text(params["tenant"], params["text"], aad)}
+        if statement is _INSERT["events"]:
+            aad = f"{params['session_id']}/event/{params['seq']}".encode()
+            sealed = self.keyring.seal_text(params["tenant"], json.dumps(params["payload"]), aad)
+            return {**params, "payload": {"type": params["type"], "sealed": sealed}}
+        return params
+
+    def _opened_text(self, row: dict[str, Any]) -> str:
+        if self.keyring is None:
+            return row["text"]
+        aad = f"{row['session_id']}/utterance/{row['id']}".encode()
+        return self.keyring.open_text(row["tenant"], row["text"], aad)
+
+    def _opened_payload(self, tenant: str, session_id: str, seq: int, payload: Any) -> dict[str, Any]:
+        payload = payload if isinstance(payload, dict) else json.loads(payload)
+        if "sealed" not in payload:
+            return payload
+        if self.keyring is None:
+            raise RuntimeError("sealed session data and no key ring: configure the master key (SWITCHBOARD_MASTER_KEY_FILE)")
+        aad = f"{session_id}/event/{seq}".encode()
+        return json.loads(self.keyring.open_text(tenant, payload["sealed"], aad))
+
     def _write_batch(self, batch: list[tuple[Any, Any]]) -> None:
         if not self._schema_ready:
             self.create_schema()
+        batch = [(statement, self._sealed(statement, params)) for statement, params in batch]
         with self.engine.begin() as conn:
             # consecutive inserts into one table go as one executemany; order across tables is kept
             i = 0
@@ -581,7 +622,7 @@ class SessionStore:
             statement, params = self._pending[0]
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(statement, params)
+                    conn.execute(statement, self._sealed(statement, params))
             except _REJECTED as exc:
                 self.rejected_writes += 1
                 log.error(

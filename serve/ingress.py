@@ -28,12 +28,12 @@ from pipelines.crm import crm_from_settings
 from pipelines.errors import AuthError, ProtocolError, SwitchboardError
 from pipelines.events import ErrorEvent, SessionStart, _Event
 from pipelines.handoff import Handoff, routing_event
+from pipelines.keys import encrypted_store
 from pipelines.live import LiveHub
 from pipelines.recordings import RecordingStore
 from pipelines.review import ReviewQueue, load_or_create_key
 from pipelines.routing import Router, load_agents, routing_state
 from pipelines.session import Pipeline, SessionState
-from pipelines.storage import SessionStore
 from pipelines.voice import VoiceSession
 
 from . import grpc_api, riva_api
@@ -131,7 +131,7 @@ class Ingress:
             **({"speaker_embedder": speakers} if speakers is not None else {}),
             **({"response_generator": generator} if generator is not None else {}),
         }
-        self.store = SessionStore(self.settings.sqlalchemy_url)
+        self.store = encrypted_store(self.settings)  # transcripts and events sealed with tenant data keys
         review = ReviewQueue(self.store, load_or_create_key(self.settings.resolved_review_key_file))
         self.ports = handle_ports(guardrail, sentiment, embedder, intent, retriever, asr, speakers, generator)
         from pipelines.features import FeatureClient
@@ -179,7 +179,10 @@ class Ingress:
 
             self.vad = SileroVad()  # the ONNX session is shared; each stream keeps its own state
             self.recordings = RecordingStore(
-                self.settings.resolved_recordings_url, self.settings.resolved_recording_key_file, self.store
+                self.settings.resolved_recordings_url,
+                self.settings.resolved_recording_key_file,
+                self.store,
+                keyring=self.store.keyring,
             )
         self._started = asyncio.Lock()
         self._store_running = False

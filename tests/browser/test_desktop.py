@@ -5,12 +5,12 @@ alert; the supervisor view lists the sessions."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 
 import pytest
-import sqlalchemy
+
+from tests.integration.conftest import stored
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,25 +49,14 @@ def session_row(desk, customer_id: str):
     return desk.locator("[data-testid=sessions] [data-testid=session-row]", has_text=customer_id)
 
 
-def stored_feedback(database_url: str, session_id: str, wait_s: float = 30.0) -> list[dict]:
+def stored_feedback(settings, session_id: str, wait_s: float = 30.0) -> list[dict]:
     """The session's stored ``suggestion.feedback`` records (the store writes in the background: poll)."""
-    engine = sqlalchemy.create_engine(database_url)
     deadline = time.monotonic() + wait_s
-    try:
-        while True:
-            with engine.connect() as conn:
-                rows = conn.execute(
-                    sqlalchemy.text(
-                        "select payload from events where session_id = :s and type = 'suggestion.feedback' order by seq"
-                    ),
-                    {"s": session_id},
-                ).scalars()
-                records = [r if isinstance(r, dict) else json.loads(r) for r in rows]
-            if records or time.monotonic() > deadline:
-                return records
-            time.sleep(0.5)
-    finally:
-        engine.dispose()
+    while True:
+        records = [e for e in stored(settings, "events", session_id) if e["type"] == "suggestion.feedback"]
+        if records or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
 
 
 def test_agent_accepts_a_suggestion_and_the_customer_gets_it(app, new_page, shot):
@@ -114,7 +103,7 @@ def test_agent_accepts_a_suggestion_and_the_customer_gets_it(app, new_page, shot
         expect(agent_message.last).to_contain_text(word)
     shot(widget, "widget-agent-reply")
 
-    feedback = stored_feedback(app.settings.database_url, session_id)
+    feedback = stored_feedback(app.settings, session_id)
     assert [(f["suggestion_id"], f["action"]) for f in feedback] == [(suggestion_id, "accepted")], feedback
     assert feedback[0]["type"] == "suggestion.feedback"
 

@@ -64,3 +64,28 @@ def app(tmp_path_factory, index_dir, pg_session_database, smollm2_dir):
     )
     yield running
     shutdown()
+
+
+def stored(settings, table: str, session_id: str, tenant: str = "demo") -> list[dict]:
+    """A session's stored ``utterances`` (text opened) or ``events`` (payloads opened), read straight from the
+    app's database with the app's master key: rows are sealed with the tenant's data key at rest."""
+    import sqlalchemy
+
+    from pipelines.keys import encrypted_store
+    from pipelines.storage import events, utterances
+
+    store = encrypted_store(settings)
+    t = {"utterances": utterances, "events": events}[table]
+    try:
+        with store.engine.connect() as conn:
+            rows = [
+                dict(r._mapping)
+                for r in conn.execute(
+                    sqlalchemy.select(t).where(t.c.session_id == session_id, t.c.tenant == tenant).order_by(t.c.seq)
+                )
+            ]
+        if table == "utterances":
+            return [{**r, "sealed": r["text"], "text": store._opened_text(r)} for r in rows]
+        return [store._opened_payload(tenant, session_id, r["seq"], r["payload"]) for r in rows]
+    finally:
+        store.engine.dispose()

@@ -86,7 +86,7 @@ async def test_an_sms_thread_is_one_session_and_the_agent_replies_by_sms(app):
     assert reply["body"] == "Of course, which day suits you?"
 
 
-async def test_an_escalated_sms_is_routed_and_told_the_wait(app):
+def test_an_escalated_sms_is_routed_and_told_the_wait(app):
     number = "+14155550177"
     r = post_sms(app, ANGRY, "SMit9", number)
     assert r.status_code == 200

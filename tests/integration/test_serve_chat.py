@@ -12,6 +12,7 @@ import sqlalchemy
 import websockets
 
 from serve.client import SessionClient
+from tests.integration.conftest import stored
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -95,19 +96,14 @@ async def test_resume_after_disconnect_keeps_the_transcript(app, pg_session_data
         await c.end()
     engine = sqlalchemy.create_engine(pg_session_database)
     with engine.connect() as conn:
-        rows = (
-            conn.execute(
-                sqlalchemy.text("select text from utterances where session_id = :s order by seq"),
-                {"s": session_id},
-            )
-            .scalars()
-            .all()
-        )
         status = conn.execute(
             sqlalchemy.text("select status from sessions where id = :s"), {"s": session_id}
         ).scalar()
     engine.dispose()
+    utterances = stored(app.settings, "utterances", session_id)
+    rows = [u["text"] for u in utterances]
     assert rows == ["I can't log in to the patient portal", "it still says my password is wrong"]
+    assert all(u["sealed"].startswith("enc1:") and "portal" not in u["sealed"] for u in utterances)  # at rest
     assert status == "ended"
 
 

@@ -3,13 +3,11 @@ the ``response_generator`` deployment, streamed to the websocket after the artic
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
-import sqlalchemy
 
 from serve.client import SessionClient
+from tests.integration.conftest import stored as stored_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -69,12 +67,7 @@ async def test_articles_first_then_streamed_generation_then_the_checked_reply(ap
         session_id = c.session_id
 
     # the feedback is stored with the model and source it was about
-    engine = sqlalchemy.create_engine(app.settings.database_url)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sqlalchemy.text("SELECT payload FROM events WHERE session_id = :s ORDER BY seq"), {"s": session_id}
-        ).all()
-    payloads = [r[0] if isinstance(r[0], dict) else json.loads(r[0]) for r in rows]
+    payloads = stored_rows(app.settings, "events", session_id)
     feedback = [p for p in payloads if p["type"] == "suggestion.feedback"]
     assert feedback and feedback[0]["action"] == "rejected"
     assert feedback[0]["source"] == sources[-1]

@@ -19,6 +19,7 @@ from models.asr.metrics import wer
 from pipelines.audio import mulaw_encode
 from pipelines.samples import two_speaker_call
 from serve.client import SessionClient
+from tests.integration.conftest import stored
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -192,14 +193,11 @@ async def test_twilio_media_stream(app, call, pg_session_database):
         sid = conn.execute(
             sqlalchemy.text("select id from sessions where customer_id = 'twilio-cust-7'")
         ).scalar_one()
-        texts = conn.execute(
-            sqlalchemy.text("select text, speaker from utterances where session_id = :s order by seq"),
-            {"s": sid},
-        ).all()
         status = conn.execute(
             sqlalchemy.text("select status from sessions where id = :s"), {"s": sid}
         ).scalar_one()
     engine.dispose()
+    texts = [(u["text"], u["speaker"]) for u in stored(app.settings, "utterances", sid)]
     assert status == "ended" and {s for _, s in texts} == {"customer"}
     assert wer(" ".join(t.text for t in call.turns), " ".join(t for t, _ in texts)) <= 0.25
 
