@@ -284,6 +284,19 @@ class Settings(BaseSettings):
         description="Comma-separated earlier master key files, still used to unwrap data keys during a master-key "
         "rotation (`python -m pipelines.keys rewrap`).",
     )
+    tenant_messages_per_s: float = Field(
+        default=50.0,
+        gt=0,
+        description="Per-tenant rate limit on customer messages and new sessions (token bucket, per ingress "
+        "replica); over it: `rate_limited`, nothing accepted is dropped.",
+    )
+    tenant_burst: int = Field(default=200, ge=1, description="Bucket size of the per-tenant rate limit.")
+    send_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A client that does not read its events for this long is disconnected (the session is kept "
+        "in the store and can be resumed); a slow client never holds a session up.",
+    )
     # ---------------------------------------------------------------- routing to human agents
     routing_redis_url: str | None = Field(
         default=None,

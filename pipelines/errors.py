@@ -38,6 +38,7 @@ ERROR_CODES: dict[str, tuple[str, bool]] = {
     "crm_unavailable": ("the CRM connector failed; the session goes on and the CRM update is retried", True),
     "session_ended": ("the session has ended; start or resume one", False),
     "not_found": ("an HTTP resource that does not exist (an agent, a page)", False),
+    "rate_limited": ("the tenant is over its message rate; nothing was accepted, send it again shortly", True),
 }
 
 

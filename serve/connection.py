@@ -165,6 +165,8 @@ class SessionConnection:
             await self._finish(status="ended")
             await self.transport.close(1000)
             return True
+        if isinstance(event, ChatMessage):
+            self.ingress.limiter.check(self.principal.tenant)
         if not self.principal.staff:
             if isinstance(event, SuggestionFeedback):
                 raise ProtocolError("only agents send suggestion feedback", code="forbidden")
@@ -176,6 +178,7 @@ class SessionConnection:
     async def _start(self, event: SessionStart) -> None:
         if self.state is not None:
             raise ProtocolError("this connection already has a session", code="session_already_started")
+        self.ingress.limiter.check(self.principal.tenant, "new session")
         if event.channel == "voice" and self.ingress.vad is None:
             raise ProtocolError(
                 "voice is not enabled on this server (no ASR deployment); use chat, sms or email",

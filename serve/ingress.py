@@ -29,6 +29,7 @@ from pipelines.errors import AuthError, ProtocolError, SwitchboardError
 from pipelines.events import ErrorEvent, SessionStart, _Event
 from pipelines.handoff import Handoff, routing_event
 from pipelines.keys import encrypted_store
+from pipelines.limits import TenantLimiter
 from pipelines.live import LiveHub
 from pipelines.recordings import RecordingStore
 from pipelines.review import ReviewQueue, load_or_create_key
@@ -58,10 +59,13 @@ _STATIC = Path(__file__).resolve().parent / "static"
 
 
 class _WsTransport:
-    """A websocket as a session transport: JSON text frames and binary audio frames."""
+    """A websocket as a session transport: JSON text frames and binary audio frames. A client that stops
+    reading is disconnected after ``send_timeout_s`` (its session is stored and can be resumed), so it never
+    holds the session's pipeline up."""
 
-    def __init__(self, ws: WebSocket) -> None:
+    def __init__(self, ws: WebSocket, send_timeout_s: float = 10.0) -> None:
         self.ws = ws
+        self.send_timeout_s = send_timeout_s
 
     async def receive(self) -> str | bytes | None:
         try:
@@ -77,7 +81,13 @@ class _WsTransport:
         if self.ws.client_state != WebSocketState.CONNECTED:
             return  # the client left; the event is already in the session's stored log
         try:
-            await self.ws.send_text(json.dumps(event if isinstance(event, dict) else event.wire()))
+            await asyncio.wait_for(
+                self.ws.send_text(json.dumps(event if isinstance(event, dict) else event.wire())),
+                self.send_timeout_s,
+            )
+        except TimeoutError:
+            log.warning("a client stopped reading for %.0f s: disconnected", self.send_timeout_s)
+            await self.close(1013, "too slow: resume the session")
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
 
@@ -172,6 +182,7 @@ class Ingress:
             email_out=outbound_from_settings("email", s),
         )
         self._background: set[asyncio.Task] = set()
+        self.limiter = TenantLimiter(s.tenant_messages_per_s, s.tenant_burst)
         self.vad = None
         self.recordings = None
         if asr is not None:
@@ -353,7 +364,7 @@ class Ingress:
     @app.websocket("/v1/sessions")
     async def sessions(self, ws: WebSocket) -> None:
         await ws.accept()
-        transport = _WsTransport(ws)
+        transport = _WsTransport(ws, self.settings.send_timeout_s)
         try:
             principal = self._principal(ws.headers.get("authorization"), ws.query_params.get("token"))
         except AuthError as exc:
@@ -367,7 +378,7 @@ class Ingress:
     async def watch(self, ws: WebSocket, session_id: str) -> None:
         """Follow a session (agent desktop, `switchboard tail`): `session.snapshot`, then its events live."""
         await ws.accept()
-        transport = _WsTransport(ws)
+        transport = _WsTransport(ws, self.settings.send_timeout_s)
         try:
             principal = self._principal(ws.headers.get("authorization"), ws.query_params.get("token"))
         except AuthError as exc:
@@ -452,9 +463,10 @@ class Ingress:
         if not validate_twilio_request(key, url, params, request.headers.get("x-twilio-signature", "")):
             return _http_error("bad_signature", "X-Twilio-Signature does not match this request", 403)
         try:
+            self.limiter.check(self.settings.channels_tenant)
             session_id = await self.inbox.sms(parse_inbound_sms(params))
         except SwitchboardError as exc:
-            return _http_error(exc.code, exc.message, 400)
+            return _http_error(exc.code, exc.message, 429 if exc.code == "rate_limited" else 400)
         return Response(twiml_message(None), media_type="application/xml", headers={"X-Session-Id": session_id})
 
     @app.post("/v1/email/inbound")
@@ -467,10 +479,12 @@ class Ingress:
         await self._ensure_store()
         raw = await request.body()
         try:
+            self.limiter.check(principal.tenant)
             email = parse_email(raw, max_bytes=self.settings.max_email_bytes)
             session_id = await self.inbox.email(email)
         except SwitchboardError as exc:
-            return _http_error(exc.code, exc.message, 413 if exc.code == "message_too_large" else 400)
+            status = {"message_too_large": 413, "rate_limited": 429}.get(exc.code, 400)
+            return _http_error(exc.code, exc.message, status)
         return JSONResponse(
             {"session_id": session_id, "quoted_removed": email.quoted_removed, "attachments": email.attachments},
             status_code=202,
@@ -504,7 +518,7 @@ class Ingress:
         Analysis events are stored for the agent desktop; only errors are sent back on this socket."""
         await ws.accept()
         await self._ensure_store()
-        transport = _WsTransport(ws)
+        transport = _WsTransport(ws, self.settings.send_timeout_s)
         state: SessionState | None = None
         voice: VoiceSession | None = None
         live = None
