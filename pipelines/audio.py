@@ -68,7 +68,8 @@ class _StreamingResampler:
         if self.up == self.down or x.size == 0:
             return x
         joined = np.concatenate([self._history, x])
-        y = resample_poly(joined, self.up, self.down).astype(np.float32)
+        # full-scale input overshoots after the low-pass (Gibbs): clip back into the [-1, 1] the models expect
+        y = np.clip(resample_poly(joined, self.up, self.down), -1.0, 1.0).astype(np.float32)
         self._history = joined[-self.CONTEXT :]
         return y[self.CONTEXT * self.up // self.down :]
 
