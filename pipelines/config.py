@@ -297,6 +297,12 @@ class Settings(BaseSettings):
         description="A client that does not read its events for this long is disconnected (the session is kept "
         "in the store and can be resumed); a slow client never holds a session up.",
     )
+    tenants_file: Path | None = Field(
+        default=None,
+        description="Per-tenant configuration (YAML: escalation rules, pinned model version, provider name, "
+        "retention days, knowledge-base article globs; see pipelines/tenants.py). Unset: every tenant gets the "
+        "deployment's settings.",
+    )
     # ---------------------------------------------------------------- routing to human agents
     routing_redis_url: str | None = Field(
         default=None,

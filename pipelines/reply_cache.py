@@ -21,6 +21,7 @@ class CachedReply:
     citations: tuple[str, ...]
     model: str
     similarity: float = 1.0
+    tenant: str = ""  # a reply is only ever served again to the tenant it was written for
 
 
 class ReplyCache:
@@ -51,8 +52,8 @@ class ReplyCache:
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
 
-    def get(self, vector: np.ndarray, article_ids: Sequence[str]) -> CachedReply | None:
-        """The most similar cached reply at or above the threshold whose citations are all in
+    def get(self, vector: np.ndarray, article_ids: Sequence[str], tenant: str = "") -> CachedReply | None:
+        """The most similar cached reply of ``tenant`` at or above the threshold whose citations are all in
         ``article_ids``; None otherwise. Counts the lookup."""
         query = np.asarray(vector, dtype=np.float32)
         query = query / (np.linalg.norm(query) or 1.0)
@@ -69,10 +70,10 @@ class ReplyCache:
                 if score < self.threshold:
                     return None
                 reply = self._entries[keys[i]][1]
-                if set(reply.citations) <= allowed:
+                if reply.tenant == tenant and set(reply.citations) <= allowed:
                     self._entries.move_to_end(keys[i])
                     self.hits += 1
-                    return CachedReply(reply.text, reply.citations, reply.model, round(score, 4))
+                    return CachedReply(reply.text, reply.citations, reply.model, round(score, 4), tenant)
         return None
 
     def stats(self) -> dict[str, float]:

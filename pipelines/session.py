@@ -50,6 +50,7 @@ from .stages.guardrail import GuardrailStage
 from .stages.planner import PlannerStage
 from .stages.sentiment import SentimentStage
 from .storage import SessionStore
+from .tenants import TenantDirectory
 from .words import align_words
 
 __all__ = ["Pipeline", "SessionState", "Emit"]
@@ -123,6 +124,7 @@ class Pipeline:
         self.store = store
         self.ports = ports
         self.features = features
+        self.tenants = TenantDirectory.load(settings.tenants_file)  # per-tenant rules, models, KB
         t = settings.stage_timeout_s
         self.guardrail = GuardrailStage(ports.guardrail, review, timeout_s=t)
         self.sentiment = SentimentStage(ports.sentiment, timeout_s=t)
@@ -135,11 +137,25 @@ class Pipeline:
             top_k=settings.assist_top_k,
             timeout_s=t,
             budget_s=settings.assist_budget_ms / 1000.0,
+            tenants=self.tenants,
         )
         self.writer = ReplyWriter(
             ports.generator, ports.guardrail, settings, prompt or DEFAULT_TEMPLATE, provider=provider
         )
+        self.writer.tenants = self.tenants
         self.escalation = EscalationStage(EscalationRules.load(settings.escalation_rules), timeout_s=t)
+        self._escalations = {  # a tenant with its own rules gets its own stage
+            tenant: EscalationStage(EscalationRules.load(cfg.escalation_rules), timeout_s=t)
+            for tenant in self.tenants.tenants
+            if (cfg := self.tenants.get(tenant)).escalation_rules is not None
+        }
+
+    def escalation_for(self, tenant: str) -> EscalationStage:
+        return self._escalations.get(tenant, self.escalation)
+
+    def _variant(self, tenant: str, session_id: str) -> str:
+        """The tenant's pinned model version (``models`` in tenants.yaml), else the A/B assignment."""
+        return self.tenants.get(tenant).models or assign_variant(session_id, self.settings)
 
     @property
     def stages(self) -> list[Stage]:
@@ -166,7 +182,7 @@ class Pipeline:
                 suggestions=set(row.suggestion_ids),
             )
             self.store.reopen_session(row.id, tenant)
-            state.variant = assign_variant(row.id, self.settings)
+            state.variant = self._variant(tenant, row.id)
             started = SessionStarted(
                 session_id=row.id,
                 tenant=tenant,
@@ -176,7 +192,7 @@ class Pipeline:
             )
         else:
             state = SessionState(new_id("ses"), tenant, start.customer_id, start.channel)
-            state.variant = assign_variant(state.session_id, self.settings)
+            state.variant = self._variant(tenant, state.session_id)
             self.store.create_session(state.session_id, tenant, start.customer_id, start.channel)
             started = SessionStarted(
                 session_id=state.session_id, tenant=tenant, channel=start.channel, variant=state.variant
@@ -415,7 +431,7 @@ class Pipeline:
                     self._final_suggestion(state, ev)
             await self.publish(state, emit, ev)
         escalated: list[Escalation] = []
-        for ev in await self._run(self.escalation, turn, state, emit):
+        for ev in await self._run(self.escalation_for(state.tenant), turn, state, emit):
             if isinstance(ev, Escalation):
                 state.escalations += 1
                 state.signals.escalation_priorities.append(ev.priority)

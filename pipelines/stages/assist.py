@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from ..ports import EmbedderPort, RetrieverPort
     from ..session import SessionState
+    from ..tenants import TenantDirectory
 
 __all__ = ["AssistStage"]
 
@@ -33,13 +34,16 @@ class AssistStage(Stage):
         top_k: int = 3,
         timeout_s: float = 5.0,
         budget_s: float | None = None,
+        tenants: TenantDirectory | None = None,
     ) -> None:
         super().__init__(timeout_s)
         self.budget_s = budget_s
         self.embedder = embedder
         self.retriever = retriever
         self.top_k = top_k
-        self._recent: OrderedDict[str, list[Hit]] = OrderedDict()  # intent -> last good hits
+        self.tenants = tenants  # per-tenant knowledge base (article globs)
+        # (tenant, intent) -> last good hits: one tenant is never served another's cached articles
+        self._recent: OrderedDict[tuple[str, str], list[Hit]] = OrderedDict()
 
     def _suggestion(
         self,
@@ -66,7 +70,7 @@ class AssistStage(Stage):
         ]
 
     async def process(self, turn: Turn, state: SessionState) -> list:
-        recent = self._recent.get(turn.intent or "other")  # same intent only: stale but on topic
+        recent = self._recent.get((state.tenant, turn.intent or "other"))  # same intent only: stale but on topic
         if self.budget_s is None or recent is None:  # nothing to serve early: wait for the search
             return await self._search(turn, state)
         search = asyncio.ensure_future(self._search(turn, state))
@@ -79,22 +83,24 @@ class AssistStage(Stage):
     async def _search(self, turn: Turn, state: SessionState) -> list:
         if turn.vector is None:
             turn.vector = await self.embedder.embed(turn.redacted)
-        result = await self.retriever.search(
-            turn.vector, self.top_k, turn.intent, turn.redacted, state.variant
-        )
-        hits = result.hits
+        config = self.tenants.get(state.tenant) if self.tenants is not None else None
+        scoped = config is not None and config.kb_articles is not None
+        k = self.top_k * 4 if scoped else self.top_k  # room to keep top_k of the tenant's own articles
+        result = await self.retriever.search(turn.vector, k, turn.intent, turn.redacted, state.variant)
+        hits = [h for h in result.hits if config.allows_article(h.id)][: self.top_k] if scoped else result.hits
         turn.predictions["assist"] = result
         if hits:
-            self._recent[turn.intent or "other"] = hits
-            self._recent.move_to_end(turn.intent or "other")
+            key = (state.tenant, turn.intent or "other")
+            self._recent[key] = hits
+            self._recent.move_to_end(key)
             while len(self._recent) > 64:
                 self._recent.popitem(last=False)
         return self._suggestion(turn, state, hits, reranker=result.reranker)
 
     async def fallback(self, turn: Turn, state: SessionState, error: BaseException) -> list:
-        hits = self._recent.get(turn.intent or "other")
-        if hits is None and self._recent:
-            hits = next(reversed(self._recent.values()))
+        hits = self._recent.get((state.tenant, turn.intent or "other"))
+        if hits is None:  # any intent, but only this tenant's
+            hits = next((h for (t, _), h in reversed(self._recent.items()) if t == state.tenant), None)
         if hits is None:
             raise error
         return self._suggestion(turn, state, hits, fallback="cached_articles")

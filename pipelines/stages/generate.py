@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ..config import Settings
     from ..ports import GeneratorPort, GuardrailPort
     from ..session import SessionState
+    from ..tenants import TenantDirectory
     from .base import Turn
 
 __all__ = ["ReplyWriter"]
@@ -63,6 +64,11 @@ class ReplyWriter:
         self.prompt = prompt
         self.cache = cache or ReplyCache(settings.generation_cache_size, settings.generation_cache_threshold)
         self.provider = provider
+        self.tenants: TenantDirectory | None = None  # per-tenant provider names (set by the pipeline)
+
+    def provider_for(self, state: SessionState) -> str:
+        config = self.tenants.get(state.tenant) if self.tenants is not None else None
+        return (config.provider if config is not None else None) or self.provider
 
     def wanted(self, state: SessionState, hits: list[Hit]) -> bool:
         """Whether a generated version follows this turn's articles."""
@@ -85,7 +91,7 @@ class ReplyWriter:
             articles=articles,
             conversation=list(state.history),
             intent=turn.intent,
-            provider=self.provider,
+            provider=self.provider_for(state),
         )
         return GenerationRequest(
             messages=messages,
@@ -176,7 +182,7 @@ class ReplyWriter:
             return round((time.perf_counter() - turn.received_at) * 1000.0, 2)
 
         if failure is not None:
-            cached = self.lookup(turn, first)
+            cached = self.lookup(turn, first, state.tenant)
             if cached is not None:
                 final = Suggestion(
                     **common,
@@ -195,7 +201,7 @@ class ReplyWriter:
                 clean_answer("".join(parts), truncated=truncated),
                 articles,
                 min_support=self.settings.grounding_min_support,
-                question=f"{turn.redacted} {self.provider}",  # the provider's name is not a fact
+                question=f"{turn.redacted} {self.provider_for(state)}",  # the provider's name is not a fact
             )
             grounding = {"grounded": report.grounded, "support": report.support}
             if report.reason:
@@ -224,15 +230,18 @@ class ReplyWriter:
                         grounding=grounding,
                     )
                     if turn.vector is not None:
-                        self.cache.put(turn.vector, CachedReply(checked.text, tuple(report.citations), model))
+                        self.cache.put(
+                            turn.vector,
+                            CachedReply(checked.text, tuple(report.citations), model, tenant=state.tenant),
+                        )
         count_suggestion(final.source, final.model or "none", final.fallback)
         await publish(final)
         return final
 
-    def lookup(self, turn: Turn, first: Suggestion) -> CachedReply | None:
+    def lookup(self, turn: Turn, first: Suggestion, tenant: str) -> CachedReply | None:
         if turn.vector is None:
             return None
-        cached = self.cache.get(turn.vector, [a.id for a in first.articles])
+        cached = self.cache.get(turn.vector, [a.id for a in first.articles], tenant)
         count_reply_cache(cached is not None)
         return cached
 
