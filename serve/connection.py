@@ -167,11 +167,10 @@ class SessionConnection:
             return True
         if isinstance(event, ChatMessage):
             self.ingress.limiter.check(self.principal.tenant)
-        if not self.principal.staff:
-            if isinstance(event, SuggestionFeedback):
-                raise ProtocolError("only agents send suggestion feedback", code="forbidden")
-            if isinstance(event, ChatMessage) and event.speaker != "customer":
-                raise ProtocolError("a customer token writes as the customer", code="forbidden")
+        if isinstance(event, SuggestionFeedback) and not self.principal.may("feedback"):
+            raise ProtocolError("only agents send suggestion feedback", code="forbidden")
+        if isinstance(event, ChatMessage) and event.speaker != "customer" and not self.principal.may("session.answer"):
+            raise ProtocolError("a customer token writes as the customer", code="forbidden")
         await pipeline.handle(self.state, event, self.emit)
         return False
 
@@ -179,6 +178,7 @@ class SessionConnection:
         if self.state is not None:
             raise ProtocolError("this connection already has a session", code="session_already_started")
         self.ingress.limiter.check(self.principal.tenant, "new session")
+        await self._check_own(event)
         if event.channel == "voice" and self.ingress.vad is None:
             raise ProtocolError(
                 "voice is not enabled on this server (no ASR deployment); use chat, sms or email",
@@ -191,6 +191,23 @@ class SessionConnection:
         if state.channel == "voice":
             fmt = event.audio or AudioFormat()
             self.voice = await self.ingress._voice_session(state, self.emit, fmt.encoding, fmt.sample_rate, fmt.channels)
+
+    async def _check_own(self, event: SessionStart) -> None:
+        """A customer whose token names them (the JWT's ``sub``) holds only their own conversations: they may
+        not open one as someone else, nor resume another customer's (told apart from a missing session only
+        by nothing: both are ``session_not_found``)."""
+        subject = self.principal.subject
+        if self.principal.role != "customer" or not subject:
+            return
+        if event.customer_id != subject:
+            raise ProtocolError("a customer token opens sessions for its own customer id", code="forbidden")
+        if event.session_id:
+            row = await self.ingress.pipeline.store.get_session(self.principal.tenant, event.session_id)
+            if row is not None and row.customer_id != subject:
+                raise ProtocolError(
+                    f"no session {event.session_id} for this tenant; omit session_id to start a new one",
+                    code="session_not_found",
+                )
 
     async def _finish(self, status: str = "disconnected") -> None:
         """Flush voice, end the session (if it still runs) and release it. Idempotent."""
@@ -215,7 +232,7 @@ class WatchConnection:
         self.session_id = session_id
 
     async def run(self) -> None:
-        if not self.principal.staff:
+        if not self.principal.may("session.watch"):
             await self.transport.send(ProtocolError("watching sessions needs an agent token", code="forbidden").to_event())
             await self.transport.close(1008, "forbidden")
             return

@@ -118,9 +118,11 @@ class _GrpcTransport:
         self.closed = True
 
 
-def _principal(ingress: Ingress, grpc_context: Any):
+async def _principal(ingress: Ingress, grpc_context: Any, action: str):
     metadata = dict(grpc_context.invocation_metadata()) if grpc_context is not None else {}
-    return ingress.auth.authenticate(bearer_token(metadata.get("authorization"), None))
+    principal = await ingress.auth.authenticate_async(bearer_token(metadata.get("authorization"), None))
+    principal.require(action)
+    return principal
 
 
 async def _drain(transport: _GrpcTransport, task: asyncio.Task):
@@ -148,14 +150,15 @@ async def _drain(transport: _GrpcTransport, task: asyncio.Task):
 
 def _unauthenticated(grpc_context: Any, exc: AuthError) -> Any:
     if grpc_context is not None:
-        grpc_context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+        denied = exc.code == "forbidden"  # valid credentials, a role that may not do this
+        grpc_context.set_code(grpc.StatusCode.PERMISSION_DENIED if denied else grpc.StatusCode.UNAUTHENTICATED)
         grpc_context.set_details(exc.message)
     return to_proto(exc.to_event())
 
 
 async def stream(ingress: Ingress, request_stream: Any, grpc_context: Any):
     try:
-        principal = _principal(ingress, grpc_context)
+        principal = await _principal(ingress, grpc_context, "session.customer")
     except AuthError as exc:
         yield _unauthenticated(grpc_context, exc)
         return
@@ -168,7 +171,7 @@ async def stream(ingress: Ingress, request_stream: Any, grpc_context: Any):
 
 async def watch(ingress: Ingress, request: Any, grpc_context: Any):
     try:
-        principal = _principal(ingress, grpc_context)
+        principal = await _principal(ingress, grpc_context, "session.watch")
     except AuthError as exc:
         yield _unauthenticated(grpc_context, exc)
         return

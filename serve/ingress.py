@@ -130,7 +130,7 @@ class Ingress:
         generator: DeploymentHandle | None = None,
     ) -> None:
         self.settings = Settings(**settings)
-        self.auth = TokenAuthority(self.settings.dev_token or "")
+        self.auth = TokenAuthority.from_settings(self.settings)  # dev tokens (local), JWTs, API keys
         self._handles = {
             "guardrail": guardrail,
             "sentiment": sentiment,
@@ -273,12 +273,9 @@ class Ingress:
     async def models(self, request: Request) -> JSONResponse:
         """Which model version each text deployment serves per A/B variant (as one replica reports it;
         replicas converge within ``model_refresh_s`` of an alias move)."""
-        try:
-            self.auth.authenticate(
-                bearer_token(request.headers.get("authorization"), request.query_params.get("token"))
-            )
-        except AuthError as exc:
-            return JSONResponse(exc.to_event().wire(), status_code=401)
+        principal = await self._allowed(request, "models")
+        if isinstance(principal, JSONResponse):
+            return principal
         names = [n for n in ("sentiment", "intent", "knowledge_base", "response_generator") if n in self._handles]
         served = await asyncio.gather(*(self._handles[n].models.remote() for n in names))
         writer = self.pipeline.writer
@@ -297,12 +294,9 @@ class Ingress:
     @app.get("/v1/sessions/{session_id}/recording")
     async def recording(self, session_id: str, request: Request) -> Response:
         """The call's audio as WAV, decrypted for an authorised caller of the session's own tenant."""
-        try:
-            principal = self.auth.authenticate(
-                bearer_token(request.headers.get("authorization"), request.query_params.get("token"))
-            )
-        except AuthError as exc:
-            return JSONResponse(exc.to_event().wire(), status_code=401)
+        principal = await self._allowed(request, "recording.read")
+        if isinstance(principal, JSONResponse):
+            return principal
         await self._ensure_store()
         wav = await self.recordings.read_wav(principal.tenant, session_id) if self.recordings else None
         if wav is None:
@@ -358,18 +352,26 @@ class Ingress:
 
     # ------------------------------------------------------------ websocket
 
-    def _principal(self, authorization: str | None, query_token: str | None) -> Principal:
-        return self.auth.authenticate(bearer_token(authorization, query_token))
+    async def _principal(self, authorization: str | None, query_token: str | None) -> Principal:
+        return await self.auth.authenticate_async(bearer_token(authorization, query_token))
+
+    async def _ws_principal(self, ws: WebSocket, transport: _WsTransport, action: str) -> Principal | None:
+        """The websocket's principal if it may do ``action``; otherwise the error is sent and the socket closed."""
+        try:
+            principal = await self._principal(ws.headers.get("authorization"), ws.query_params.get("token"))
+            principal.require(action)
+            return principal
+        except AuthError as exc:
+            await transport.send(exc.to_event())
+            await transport.close(_POLICY_VIOLATION, exc.code)
+            return None
 
     @app.websocket("/v1/sessions")
     async def sessions(self, ws: WebSocket) -> None:
         await ws.accept()
         transport = _WsTransport(ws, self.settings.send_timeout_s)
-        try:
-            principal = self._principal(ws.headers.get("authorization"), ws.query_params.get("token"))
-        except AuthError as exc:
-            await transport.send(exc.to_event())
-            await transport.close(_POLICY_VIOLATION, "unauthorized")
+        principal = await self._ws_principal(ws, transport, "session.customer")
+        if principal is None:
             return
         await self._ensure_store()
         await SessionConnection(self, transport, principal).run()
@@ -379,48 +381,48 @@ class Ingress:
         """Follow a session (agent desktop, `switchboard tail`): `session.snapshot`, then its events live."""
         await ws.accept()
         transport = _WsTransport(ws, self.settings.send_timeout_s)
-        try:
-            principal = self._principal(ws.headers.get("authorization"), ws.query_params.get("token"))
-        except AuthError as exc:
-            await transport.send(exc.to_event())
-            await transport.close(_POLICY_VIOLATION, "unauthorized")
+        principal = await self._ws_principal(ws, transport, "session.watch")
+        if principal is None:
             return
         await self._ensure_store()
         await WatchConnection(self, transport, principal, session_id[:64]).run()
 
     # ------------------------------------------------------------ agent desktop, widget, staff views
 
-    def _staff(self, request: Request) -> Principal | JSONResponse:
+    async def _allowed(self, request: Request, action: str | None) -> Principal | JSONResponse:
+        """The caller's principal if its role may do ``action`` (serve/auth.py PERMISSIONS; None: any
+        authenticated caller), else the 401 / 403 response with the stable error code."""
         try:
-            principal = self._principal(request.headers.get("authorization"), request.query_params.get("token"))
+            principal = await self._principal(request.headers.get("authorization"), request.query_params.get("token"))
         except AuthError as exc:
             return JSONResponse(exc.to_event().wire(), status_code=401)
-        if not principal.staff:
+        if action is not None and not principal.may(action):
             return JSONResponse(
-                ProtocolError("this needs an agent or supervisor token", code="forbidden").to_event().wire(),
+                ProtocolError(f"a {principal.role} token may not do this ({action})", code="forbidden")
+                .to_event()
+                .wire(),
                 status_code=403,
             )
         return principal
 
     @app.get("/v1/whoami")
     async def whoami(self, request: Request) -> JSONResponse:
-        try:
-            principal = self._principal(request.headers.get("authorization"), request.query_params.get("token"))
-        except AuthError as exc:
-            return JSONResponse(exc.to_event().wire(), status_code=401)
+        principal = await self._allowed(request, None)
+        if isinstance(principal, JSONResponse):
+            return principal
         return JSONResponse({"tenant": principal.tenant, "role": principal.role})
 
     @app.get("/v1/live")
     async def live(self, request: Request) -> JSONResponse:
         """This replica's live sessions (and recently ended ones), newest first."""
-        principal = self._staff(request)
+        principal = await self._allowed(request, "session.watch")
         if isinstance(principal, JSONResponse):
             return principal
         return JSONResponse({"sessions": self.hub.sessions(principal.tenant)})
 
     @app.get("/v1/queues")
     async def queues(self, request: Request) -> JSONResponse:
-        principal = self._staff(request)
+        principal = await self._allowed(request, "queues")
         if isinstance(principal, JSONResponse):
             return principal
         return JSONResponse(await self.router.snapshot(principal.tenant))
@@ -429,7 +431,7 @@ class Ingress:
     async def agent_status(self, agent_id: str, request: Request) -> JSONResponse:
         """``{"status": "available" | "away" | "offline"}``; an agent becoming available takes waiting
         conversations at once (their customers get a `routing` event)."""
-        principal = self._staff(request)
+        principal = await self._allowed(request, "queues")
         if isinstance(principal, JSONResponse):
             return principal
         try:
@@ -473,7 +475,7 @@ class Ingress:
     async def email_webhook(self, request: Request) -> JSONResponse:
         """One raw RFC 822 message (``Content-Type: message/rfc822``) from the mail gateway, with a staff token.
         Threaded into its session by Message-ID / In-Reply-To / References; quoted history is stripped."""
-        principal = self._staff(request)
+        principal = await self._allowed(request, "webhook.email")
         if isinstance(principal, JSONResponse):
             return principal
         await self._ensure_store()
@@ -555,9 +557,10 @@ class Ingress:
                             )
                         start = msg.get("start") or {}
                         params = start.get("customParameters") or {}
-                        principal = self.auth.authenticate(
+                        principal = await self.auth.authenticate_async(
                             ws.query_params.get("token") or params.get("token")
                         )
+                        principal.require("webhook.voice")
                         names = [
                             t for t in (start.get("tracks") or ["inbound"]) if t in ("inbound", "outbound")
                         ]

@@ -37,7 +37,9 @@ def _pb():
 def _authenticate(ingress: Ingress, grpc_context: Any) -> str:
     metadata = dict(grpc_context.invocation_metadata()) if grpc_context is not None else {}
     token = bearer_token(metadata.get("authorization"), None)
-    return ingress.auth.authenticate(token).tenant
+    principal = ingress.auth.authenticate(token)
+    principal.require("asr")
+    return principal.tenant
 
 
 def _fail(grpc_context: Any, code: grpc.StatusCode, message: str) -> None:
@@ -132,7 +134,8 @@ async def recognize(ingress: Ingress, request: Any, grpc_context: Any) -> Any:
     try:
         tenant = _authenticate(ingress, grpc_context)
     except AuthError as exc:
-        _fail(grpc_context, grpc.StatusCode.UNAUTHENTICATED, exc.message)
+        denied = grpc.StatusCode.PERMISSION_DENIED if exc.code == "forbidden" else grpc.StatusCode.UNAUTHENTICATED
+        _fail(grpc_context, denied, exc.message)
     if ingress.vad is None:
         _fail(grpc_context, grpc.StatusCode.UNAVAILABLE, "voice is not enabled on this server")
     await ingress._ensure_store()
@@ -166,7 +169,8 @@ async def streaming_recognize(ingress: Ingress, request_stream: Any, grpc_contex
     try:
         tenant = _authenticate(ingress, grpc_context)
     except AuthError as exc:
-        _fail(grpc_context, grpc.StatusCode.UNAUTHENTICATED, exc.message)
+        denied = grpc.StatusCode.PERMISSION_DENIED if exc.code == "forbidden" else grpc.StatusCode.UNAUTHENTICATED
+        _fail(grpc_context, denied, exc.message)
     await ingress._ensure_store()
     first = await request_stream.__anext__()
     if not first.HasField("streaming_config"):
