@@ -303,6 +303,19 @@ class Settings(BaseSettings):
         "retention days, knowledge-base article globs; see pipelines/tenants.py). Unset: every tenant gets the "
         "deployment's settings.",
     )
+    retention_days: int = Field(
+        default=2557,
+        ge=1,
+        le=36500,
+        description="How long sessions (transcripts, events, recordings) are kept: 7 years by default; per tenant "
+        "in the tenants file or `python -m pipelines.retention policy`. Legal holds keep data past it.",
+    )
+    retention_purge_interval_s: float = Field(
+        default=86400.0,
+        ge=0,
+        description="How often the ingress purges sessions past retention (one replica at a time, audited). "
+        "0: never (run `python -m pipelines.retention purge` from cron instead).",
+    )
     # ---------------------------------------------------------------- routing to human agents
     routing_redis_url: str | None = Field(
         default=None,

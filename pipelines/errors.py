@@ -39,6 +39,8 @@ ERROR_CODES: dict[str, tuple[str, bool]] = {
     "session_ended": ("the session has ended; start or resume one", False),
     "not_found": ("an HTTP resource that does not exist (an agent, a page)", False),
     "rate_limited": ("the tenant is over its message rate; nothing was accepted, send it again shortly", True),
+    "audit_unavailable": ("the audit trail could not record this read, so nothing was shown; try again", True),
+    "legal_hold": ("the data is under a legal hold and cannot be deleted until the hold is released", False),
 }
 
 

@@ -241,6 +241,8 @@ class WatchConnection:
         if live is None or live.ended:
             await self._replay(tenant)
             return
+        if not await self._audited("session.watch", events=len(live.log)):
+            return
         watcher = hub.watch(live)
         await self.transport.send(watcher.snapshot)
 
@@ -262,6 +264,20 @@ class WatchConnection:
             await asyncio.gather(forwarder, return_exceptions=True)
         await self.transport.close(1000)
 
+    async def _audited(self, action: str, **detail: Any) -> bool:
+        """Record this read in the tenant's audit trail first; when that fails nothing is shown."""
+        from pipelines.audit import AuditError, actor_for
+
+        try:
+            await self.ingress.audit.record(
+                self.principal.tenant, actor_for(self.principal), action, self.session_id, **detail
+            )
+            return True
+        except AuditError as exc:
+            await self.transport.send(exc.to_event())
+            await self.transport.close(1011, "audit unavailable")
+            return False
+
     async def _replay(self, tenant: str) -> None:
         """An ended (or another replica's) session: its stored history."""
         store = self.ingress.store
@@ -274,6 +290,8 @@ class WatchConnection:
             return
         await store.flush()
         events = await store.session_events(tenant, self.session_id)
+        if not await self._audited("transcript.read", events=len(events)):
+            return
         status = "live" if getattr(row, "status", "ended") == "active" else "ended"
         await self.transport.send(
             SessionSnapshot(

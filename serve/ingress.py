@@ -20,6 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from pipelines.audio import AudioDecoder, BadAudio
+from pipelines.audit import AuditError, AuditLog, actor_for
 from pipelines.channels import outbound_from_settings, parse_email, parse_inbound_sms, twiml_message
 from pipelines.channels.inbox import ChannelInbox
 from pipelines.channels.sms import validate_twilio_request
@@ -142,6 +143,8 @@ class Ingress:
             **({"response_generator": generator} if generator is not None else {}),
         }
         self.store = encrypted_store(self.settings)  # transcripts and events sealed with tenant data keys
+        self.audit = AuditLog(self.store.engine)  # who read which session, transcript or recording; admin changes
+        self._retention_task: asyncio.Task | None = None
         review = ReviewQueue(self.store, load_or_create_key(self.settings.resolved_review_key_file))
         self.ports = handle_ports(guardrail, sentiment, embedder, intent, retriever, asr, speakers, generator)
         from pipelines.features import FeatureClient
@@ -206,10 +209,31 @@ class Ingress:
         async with self._started:
             if not self._store_running:
                 await self.store.start()
+                await self.audit.start()
                 self._store_running = True
+                self._start_retention()
                 await self._load_roster()
                 if self.settings.imap_host:
                     self._start_imap()
+
+    def _start_retention(self) -> None:
+        """The scheduled purge of sessions past their tenant's retention (a lease: one replica at a time)."""
+        interval = self.settings.retention_purge_interval_s
+        if not interval:
+            return
+        from pipelines.retention import Retention, RetentionPolicy
+
+        retention = Retention(
+            self.store.engine,
+            audit=self.audit,
+            recordings=self.recordings or self.settings.resolved_recordings_url,
+            policy=RetentionPolicy.from_settings(self.settings),
+        )
+        self._retention_task = asyncio.ensure_future(retention.run_forever(interval))
+
+    async def _audited(self, principal: Principal, action: str, target: str, **detail: Any) -> None:
+        """Record a read in the tenant's audit trail before anything is shown (raises AuditError: nothing shown)."""
+        await self.audit.record(principal.tenant, actor_for(principal), action, target, **detail)
 
     async def _load_roster(self) -> None:
         """The agent roster file into the routing state (agents' seats in use are kept)."""
@@ -304,6 +328,10 @@ class Ingress:
                 ErrorEvent(code="session_not_found", message=f"no recording for session {session_id}").wire(),
                 status_code=404,
             )
+        try:
+            await self._audited(principal, "recording.read", session_id[:64], bytes=len(wav))
+        except AuditError as exc:
+            return JSONResponse(exc.to_event().wire(), status_code=503)
         return Response(wav, media_type="audio/wav")
 
     async def _voice_session(
@@ -444,6 +472,7 @@ class Ingress:
             decisions = await self.router.set_status(principal.tenant, agent_id[:64], status)
         except KeyError:
             return _http_error("not_found", f"no agent {agent_id[:64]!r} in this tenant", 404)
+        await self._audited(principal, "admin.agent_status", agent_id[:64], status=status)
         for decision in decisions:
             await self._dispatched(principal.tenant, decision)
         return JSONResponse({"agent_id": agent_id, "status": status, "assigned": [d.session_id for d in decisions]})
