@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import websockets
 
+from pipelines.audit import AuditLog
 from serve.auth import TokenAuthority
 from serve.client import GrpcSessionClient, SessionClient, watch_events
 
@@ -67,6 +68,15 @@ async def test_another_tenants_agent_sees_nothing_of_demo(app):
         f"{app.http_url}/v1/sessions/{demo_session}/recording", params={"token": app.token}, timeout=60
     )
     assert mine.status_code == 200 and mine.content[:4] == b"RIFF"
+    # the download is in demo's audit trail (who, what, which session), the chain verifies, acme's has none of it
+    audit = AuditLog(app.settings.database_url)
+    try:
+        (entry,) = [e for e in audit.entries("demo", target=demo_session) if e.action == "recording.read"]
+        assert entry.actor == "agent@demo" and entry.detail["bytes"] == len(mine.content)
+        assert all(e.target != demo_session for e in audit.entries("acme", limit=None))
+        assert audit.verify().ok
+    finally:
+        audit.close()
     # the live list and the queues hold only acme's own (none of demo's sessions or agents)
     live = (await get(f"{app.http_url}/v1/live", headers=headers)).json()["sessions"]
     assert all(s["session_id"] != demo_session for s in live)
