@@ -1,4 +1,8 @@
-"""Feast definitions for switchboard: the ``customer`` entity, its profile and its session history.
+"""Feast definitions for switchboard: the ``tenant`` and ``customer`` entities, the profile and the history.
+
+Every feature view is keyed by the composite entity key (``tenant``, ``customer_id``): every parquet row carries
+its tenant and every online-store key holds it, so two tenants with the same customer id never share features,
+and a read has to name the tenant (``pipelines.features.FeatureClient`` takes it on every call).
 
 * ``customer_profile`` (batch, from ``customer_profile.parquet``): ``customer_lifetime_value`` (float, currency
   units) and ``product_usage_metrics`` (float in [0, 1]: the share of the product surface the customer actively
@@ -30,6 +34,8 @@ PROFILE_FILE = "customer_profile.parquet"
 HISTORY_FILE = "customer_history.parquet"
 PUSH_SOURCE = "customer_history_push"
 FEATURE_SERVICE = "escalation_features"
+#: The join keys of every feature view, i.e. the columns that identify a row (sources, pushes, online reads).
+ENTITY_KEYS = ("tenant", "customer_id")
 
 PROFILE_FEATURES = ("customer_lifetime_value", "product_usage_metrics")
 HISTORY_FEATURES = (
@@ -44,11 +50,17 @@ HISTORY_FEATURES = (
 def build(feast_data_dir: Path) -> dict[str, Any]:
     """Every Feast object of the repository, with the parquet sources under ``feast_data_dir`` (absolute)."""
     feast_data_dir = Path(feast_data_dir).resolve()
+    tenant = Entity(
+        name="tenant",
+        join_keys=["tenant"],
+        value_type=ValueType.STRING,
+        description="The tenant that owns the customer (from the session's token); part of every entity key.",
+    )
     customer = Entity(
         name="customer",
         join_keys=["customer_id"],
         value_type=ValueType.STRING,
-        description="A contact-center customer (the `customer_id` of `session.start`).",
+        description="A contact-center customer (the `customer_id` of `session.start`), unique within its tenant.",
     )
 
     def parquet_source(name: str, file: str) -> FileSource:
@@ -64,7 +76,7 @@ def build(feast_data_dir: Path) -> dict[str, Any]:
     history_push = PushSource(name=PUSH_SOURCE, batch_source=history_source)
     customer_profile = FeatureView(
         name="customer_profile",
-        entities=[customer],
+        entities=[tenant, customer],
         ttl=TTL,
         schema=[
             Field(
@@ -82,7 +94,7 @@ def build(feast_data_dir: Path) -> dict[str, Any]:
     )
     customer_history = FeatureView(
         name="customer_history",
-        entities=[customer],
+        entities=[tenant, customer],
         ttl=TTL,
         schema=[
             Field(name="avg_session_duration", dtype=Float64, description="Mean session length (s)."),
@@ -107,6 +119,7 @@ def build(feast_data_dir: Path) -> dict[str, Any]:
         description="What the escalation stage reads at session start.",
     )
     return {
+        "tenant": tenant,
         "customer": customer,
         "customer_profile_source": profile_source,
         "customer_history_source": history_source,
@@ -127,6 +140,7 @@ def default_feast_data_dir() -> Path:
 
 # Module-level objects: what `feast apply` (the CLI) registers.
 _objects = build(default_feast_data_dir())
+tenant = _objects["tenant"]
 customer = _objects["customer"]
 customer_profile_source = _objects["customer_profile_source"]
 customer_history_source = _objects["customer_history_source"]

@@ -1,16 +1,23 @@
 """Customer features from Feast: online reads with a timeout and a default, the session push, setup and the
 daily job. The only module that imports Feast (lazily: importing this module costs nothing).
 
-* :class:`FeatureClient` ``.online(customer_id)`` never raises: on a timeout, an error or an unknown customer it
-  returns :data:`DEFAULT_FEATURES` with ``source`` saying why. ``.push_session(...)`` folds one ended session
-  into the customer's history (running averages weighted by the session counts) through the push source.
+* :class:`FeatureClient` ``.online(tenant, customer_id)`` never raises for the store: on a timeout, an error or an
+  unknown customer it returns :data:`DEFAULT_FEATURES` with ``source`` saying why. ``.push_session(tenant,
+  customer_id, ...)`` folds one ended session into the customer's history (running averages weighted by the
+  session counts) through the push source.
 * :func:`setup` = sample data (if missing) + ``feast apply`` + materialization; quick when already done.
 * :func:`recompute_history` is the daily batch job: history features recomputed from the session store.
+
+Tenant isolation lives here, in the data layer: every feature view is keyed by (``tenant``, ``customer_id``) (two
+Feast entities, one composite entity key), so every parquet row and every online-store key carries its tenant.
+Every read and push takes the tenant as a required argument and refuses a malformed one (``ValueError``); the
+same customer id under two tenants is two customers. The sample customers belong to tenant ``demo``.
 
 The online store is SQLite (``<data_dir>/feast/online.db``) unless ``feast_online_store`` is a Redis URL.
 The registry (a file) and the parquet sources live in ``<data_dir>/feast``.
 
-CLI: ``python -m pipelines.features {setup,sample-data,apply,materialize,daily-job,get ID} [--online-store URL]``.
+CLI: ``python -m pipelines.features {setup,sample-data,apply,materialize,daily-job,get TENANT ID}
+[--online-store URL]``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -44,6 +52,7 @@ __all__ = [
     "DEFAULT_FEATURES",
     "FeatureClient",
     "FeatureStoreUnavailable",
+    "SAMPLE_TENANT",
     "apply",
     "generate_sample_data",
     "materialize",
@@ -54,7 +63,9 @@ __all__ = [
 
 log = logging.getLogger("switchboard.features")
 
-#: Demo customers (serve/demo.py) get hand-picked values so that the feature rules visibly fire.
+#: The tenant the sample customers (and the demo customers) belong to: the tenant of the demo token.
+SAMPLE_TENANT = "demo"
+#: Demo customers (serve/demo.py, tenant ``demo``) get hand-picked values so that the feature rules visibly fire.
 DEMO_CUSTOMERS: dict[str, dict[str, float]] = {
     "demo-customer-17": dict(
         customer_lifetime_value=14250.0,
@@ -75,6 +86,23 @@ DEMO_CUSTOMERS: dict[str, dict[str, float]] = {
 }
 BASELINE_FILE = "customer_history_baseline.parquet"
 _WARN_EVERY_S = 60.0
+
+
+_TENANT = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the rule of serve.auth (fullmatch: no trailing newline)
+
+
+def _check_tenant(tenant: str) -> str:
+    """The tenant, or ValueError: a tenant is required on every read and push (it is half the entity key)."""
+    if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant) or not tenant.strip("."):
+        raise ValueError(f"invalid tenant {tenant!r}: letters, digits, '_', '.', '-' only")
+    return tenant
+
+
+def _entity_row(tenant: str, customer_id: str) -> dict[str, str]:
+    """The entity key of one tenant's customer (the join keys of every feature view), validated."""
+    if not isinstance(customer_id, str) or not customer_id:
+        raise ValueError(f"invalid customer id {customer_id!r}: a non-empty string")
+    return {"tenant": _check_tenant(tenant), "customer_id": customer_id}
 
 
 class FeatureStoreUnavailable(RuntimeError):
@@ -215,7 +243,8 @@ def _feature_refs(settings: Settings) -> list[str]:
 
 
 class FeatureClient:
-    """Reads and pushes one deployment's customer features. Thread-safe; Feast is loaded on first use.
+    """Reads and pushes one deployment's customer features, always for one tenant's customer: every call takes
+    the tenant first and refuses a malformed one. Thread-safe; Feast is loaded on first use.
 
     Reads run on a small dedicated thread pool, so reads stuck on a slow store never starve the event
     loop's default executor; a read that misses the budget is abandoned (its thread finishes on its own).
@@ -227,7 +256,7 @@ class FeatureClient:
         self._store_lock = threading.Lock()
         self._store: FeatureStore | None = None
         self._refs: list[str] | None = None
-        self._push_locks: dict[str, threading.Lock] = {}
+        self._push_locks: dict[tuple[str, str], threading.Lock] = {}
         self._push_locks_guard = threading.Lock()
         self._last_warning: dict[str, float] = {}
 
@@ -239,7 +268,7 @@ class FeatureClient:
         if self.settings.feast_online_store:
             _fail_fast_redis(store)
         # load the registry and the online store connection now, not on the first read
-        store.get_online_features(features=self._refs, entity_rows=[{"customer_id": "__warmup__"}])
+        store.get_online_features(features=self._refs, entity_rows=[_entity_row("__warmup__", "__warmup__")])
         return store
 
     def store(self) -> FeatureStore:
@@ -271,10 +300,11 @@ class FeatureClient:
             self._last_warning[reason] = now
             log.warning(message + " (logged at most once a minute)", *args)
 
-    def _read_raw(self, customer_id: str) -> dict[str, Any]:
+    def _read_raw(self, tenant: str, customer_id: str) -> dict[str, Any]:
+        row = _entity_row(tenant, customer_id)
         store = self.store()
         assert self._refs is not None
-        response = store.get_online_features(features=self._refs, entity_rows=[{"customer_id": customer_id}])
+        response = store.get_online_features(features=self._refs, entity_rows=[row])
         return {k: v[0] for k, v in response.to_dict(include_event_timestamps=True).items()}
 
     @staticmethod
@@ -284,17 +314,21 @@ class FeatureClient:
             return DEFAULT_FEATURES
         return replace(DEFAULT_FEATURES, **values, source="online")
 
-    def read(self, customer_id: str) -> CustomerFeatures:
-        """Blocking read with no timeout; raises on store errors (``online`` is the hot-path API)."""
-        return self._parse(self._read_raw(customer_id))
+    def read(self, tenant: str, customer_id: str) -> CustomerFeatures:
+        """Blocking read of one tenant's customer with no timeout; raises on store errors and on a malformed
+        tenant (``online`` is the hot-path API)."""
+        return self._parse(self._read_raw(tenant, customer_id))
 
     # ---------------------------------------------------------------- hot path
 
-    async def online(self, customer_id: str) -> CustomerFeatures:
-        """The customer's features within ``feature_timeout_s``. Never raises."""
+    async def online(self, tenant: str, customer_id: str) -> CustomerFeatures:
+        """The features of ``tenant``'s customer within ``feature_timeout_s``. Never raises for the store (a
+        timeout or an error gives the defaults); a malformed tenant or customer id is the caller's bug and
+        raises ``ValueError`` before any read."""
+        _entity_row(tenant, customer_id)
         loop = asyncio.get_running_loop()
         try:
-            fut = loop.run_in_executor(self._pool, self.read, customer_id)
+            fut = loop.run_in_executor(self._pool, self.read, tenant, customer_id)
             return await asyncio.wait_for(fut, self.settings.feature_timeout_s)
         except TimeoutError:
             self._warn(
@@ -309,12 +343,13 @@ class FeatureClient:
 
     # ---------------------------------------------------------------- session push
 
-    def _lock_for(self, customer_id: str) -> threading.Lock:
+    def _lock_for(self, tenant: str, customer_id: str) -> threading.Lock:
         with self._push_locks_guard:
-            return self._push_locks.setdefault(customer_id, threading.Lock())
+            return self._push_locks.setdefault((tenant, customer_id), threading.Lock())
 
     def push_session(
         self,
+        tenant: str,
         customer_id: str,
         *,
         duration_s: float,
@@ -322,19 +357,22 @@ class FeatureClient:
         escalated: bool | int,
         ended_at: datetime | None = None,
     ) -> CustomerFeatures:
-        """Fold one ended session into the customer's history and push it to the online store.
+        """Fold one ended session into the history of ``tenant``'s customer and push it to the online store
+        (the row carries the tenant: another tenant's customer with the same id is never touched).
 
         ``escalated``: escalations in the session (``True`` counts one). ``sentiment_avg`` None (no customer
         turn) leaves the sentiment average and its weight unchanged. Read-modify-write is serialized per
         customer within this process; concurrent pushes for one customer from two processes can lose one
-        update until the daily job recomputes it. Raises :class:`FeatureStoreUnavailable`.
+        update until the daily job recomputes it. Raises :class:`FeatureStoreUnavailable`, and ``ValueError``
+        for a malformed tenant or customer id.
         """
         import pandas as pd
         from feast.data_source import PushMode
 
-        with self._lock_for(customer_id):
+        key = _entity_row(tenant, customer_id)
+        with self._lock_for(tenant, customer_id):
             try:
-                raw = self._read_raw(customer_id)
+                raw = self._read_raw(tenant, customer_id)
                 current = self._parse(raw)
             except Exception as exc:
                 raise FeatureStoreUnavailable(f"cannot read the history of a customer: {exc}") from exc
@@ -359,7 +397,7 @@ class FeatureClient:
                 # Redis keeps the newer row: never push behind the stored one (e.g. a late push after the job)
                 ts = max(ts, datetime.fromtimestamp(int(raw["session_count__ts"]) + 1, UTC))
             d = _definitions(self.settings)
-            row = {"customer_id": customer_id, "event_timestamp": ts, "created": datetime.now(UTC)}
+            row: dict[str, Any] = {**key, "event_timestamp": ts, "created": datetime.now(UTC)}
             row.update({c: getattr(updated, c) for c in d.HISTORY_FEATURES})
             try:
                 # ONLINE only: the file offline store appends by rewriting the whole parquet file in place,
@@ -370,23 +408,28 @@ class FeatureClient:
                 raise FeatureStoreUnavailable(f"feature push failed: {exc}") from exc
             return updated
 
-    async def push_session_async(self, customer_id: str, **kwargs: Any) -> CustomerFeatures:
-        """:meth:`push_session` (same keyword arguments) on the client's thread pool."""
+    async def push_session_async(self, tenant: str, customer_id: str, **kwargs: Any) -> CustomerFeatures:
+        """:meth:`push_session` (same arguments) on the client's thread pool."""
+        _entity_row(tenant, customer_id)  # refuse a malformed tenant here, not on a pool thread
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._pool, functools.partial(self.push_session, customer_id, **kwargs)
+            self._pool, functools.partial(self.push_session, tenant, customer_id, **kwargs)
         )
 
 
 # ---------------------------------------------------------------- offline: sample data, apply, materialize
 
 
-def generate_sample_data(settings: Settings, customers: int = 200, seed: int = 0) -> Path:
+def generate_sample_data(
+    settings: Settings, customers: int = 200, seed: int = 0, *, tenant: str = SAMPLE_TENANT
+) -> Path:
     """Write the profile and history parquet sources (seeded, realistic): ``cust-0001``… plus the demo
-    customers. The history is also kept as the baseline the daily job adds stored sessions to."""
+    customers, all of ``tenant`` (default ``demo``). The history is also kept as the baseline the daily job adds
+    stored sessions to."""
     import numpy as np
     import pandas as pd
 
+    _check_tenant(tenant)
     d = _definitions(settings)
     out = settings.feast_data_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -398,6 +441,7 @@ def generate_sample_data(settings: Settings, customers: int = 200, seed: int = 0
     sessions = rng.poisson(6, n) + 1
     profile = pd.DataFrame(
         {
+            "tenant": tenant,
             "customer_id": ids,
             "event_timestamp": ts,
             "created": ts,
@@ -407,6 +451,7 @@ def generate_sample_data(settings: Settings, customers: int = 200, seed: int = 0
     )
     history = pd.DataFrame(
         {
+            "tenant": tenant,
             "customer_id": ids,
             "event_timestamp": ts,
             "created": ts,
@@ -419,7 +464,7 @@ def generate_sample_data(settings: Settings, customers: int = 200, seed: int = 0
     )
     demo = pd.DataFrame(
         [
-            {"customer_id": cid, "event_timestamp": now, "created": now, **vals}
+            {"tenant": tenant, "customer_id": cid, "event_timestamp": now, "created": now, **vals}
             for cid, vals in DEMO_CUSTOMERS.items()
         ]
     )
@@ -431,7 +476,7 @@ def generate_sample_data(settings: Settings, customers: int = 200, seed: int = 0
     _write_parquet(profile, out / d.PROFILE_FILE)
     _write_parquet(history, out / d.HISTORY_FILE)
     _write_parquet(history, out / BASELINE_FILE)
-    print(f"sample data: {len(profile)} customers → {out}", flush=True)
+    print(f"sample data: {len(profile)} customers of tenant {tenant} → {out}", flush=True)
     return out
 
 
@@ -440,6 +485,19 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_suffix(".parquet.tmp")
     df.to_parquet(tmp, index=False)
     tmp.replace(path)
+
+
+def _require_tenant_column(path: Path) -> None:
+    """ValueError when a parquet source predates tenant scoping (no ``tenant`` column): Feast would fail on it,
+    and no one can tell which tenant its rows belong to."""
+    import pyarrow.parquet as pq
+
+    if path.exists() and "tenant" not in pq.read_schema(path).names:
+        raise ValueError(
+            f"{path} has no `tenant` column: it was written before features were scoped by tenant. Add the "
+            "tenant of every row (a `tenant` column), or regenerate the sample data with "
+            "`python -m pipelines.features setup --force`"
+        )
 
 
 def apply(settings: Settings) -> None:
@@ -457,6 +515,9 @@ def materialize(settings: Settings, end: datetime | None = None) -> float:
     """Load the batch sources into the online store (incremental: from the last run, or the TTL window on the
     first). Returns the seconds it took."""
     end = _utc(end)
+    d = _definitions(settings)
+    for name in (d.PROFILE_FILE, d.HISTORY_FILE):
+        _require_tenant_column(settings.feast_data_dir / name)
     store = _store(settings)
     print(
         f"materializing up to {end:%Y-%m-%d %H:%M:%S} UTC into {online_store_label(settings)} …", flush=True
@@ -496,6 +557,8 @@ def setup(settings: Settings, *, force: bool = False) -> bool:
             return False
     if force or not (data / d.PROFILE_FILE).exists() or not (data / d.HISTORY_FILE).exists():
         generate_sample_data(settings)
+    for name in (d.PROFILE_FILE, d.HISTORY_FILE):
+        _require_tenant_column(data / name)  # before apply: a refused setup changes nothing
     apply(settings)
     materialize(settings)
     _marker(settings).write_text(
@@ -505,15 +568,15 @@ def setup(settings: Settings, *, force: bool = False) -> bool:
 
 
 def _probe(settings: Settings) -> bool:
-    """True when some customer of the profile source reads back from the online store."""
+    """True when some customer of the profile source reads back from the online store (under its tenant)."""
     import pandas as pd
 
     d = _definitions(settings)
     try:
-        first = pd.read_parquet(settings.feast_data_dir / d.PROFILE_FILE, columns=["customer_id"]).iloc[0, 0]
+        first = pd.read_parquet(settings.feast_data_dir / d.PROFILE_FILE, columns=list(d.ENTITY_KEYS)).iloc[0]
         client = FeatureClient(settings, max_workers=1)
         try:
-            return client.read(str(first)).source == "online"
+            return client.read(str(first["tenant"]), str(first["customer_id"])).source == "online"
         finally:
             client.close()
     except Exception:
@@ -524,23 +587,26 @@ def _probe(settings: Settings) -> bool:
 
 
 def _stored_sessions(settings: Settings, now: datetime) -> pd.DataFrame:
-    """One row per ended session in the session store: customer_id, duration_s, sentiment_avg, escalations.
+    """One row per ended session in the session store: tenant, customer_id, duration_s, sentiment_avg,
+    escalations (sessions whose tenant is not a valid tenant are skipped, with a warning).
 
     The ``session.ended`` summary is used when present; otherwise the duration comes from the timestamps, the
     sentiment from the ``sentiment`` events and the escalations from the escalations table."""
     import pandas as pd
-    from sqlalchemy import create_engine, func, inspect, select
+    from sqlalchemy import func, inspect, select
 
+    from .keys import encrypted_store
     from .storage import escalations, events, sessions
 
-    engine = create_engine(settings.sqlalchemy_url)
+    store = encrypted_store(settings)  # event payloads are sealed with tenant data keys at rest
+    engine = store.engine
     try:
         with engine.connect() as conn:
             if not inspect(conn).has_table(sessions.name):
                 log.warning(
                     "no sessions table at %s yet: nothing to recompute", engine.url.render_as_string()
                 )
-                return pd.DataFrame(columns=["customer_id", "duration_s", "sentiment_avg", "escalations"])
+                return pd.DataFrame(columns=_STORED_COLUMNS)
             rows = conn.execute(
                 select(
                     sessions.c.id,
@@ -551,17 +617,21 @@ def _stored_sessions(settings: Settings, now: datetime) -> pd.DataFrame:
                 ).where(sessions.c.ended_at.is_not(None), sessions.c.status != "active")
             ).all()
             rows = [r for r in rows if _utc(r.ended_at) <= now]
+            invalid = [r for r in rows if not _valid_tenant(r.tenant)]
+            if invalid:
+                log.warning("daily job: %d sessions with an invalid tenant skipped", len(invalid))
+                rows = [r for r in rows if _valid_tenant(r.tenant)]
             ids = [r.id for r in rows]
             summaries: dict[str, dict[str, Any]] = {}
             sentiments: dict[str, list[float]] = {}
             esc_counts: dict[str, int] = {}
             for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
-                for sid, etype, payload in conn.execute(
-                    select(events.c.session_id, events.c.type, events.c.payload).where(
-                        events.c.session_id.in_(chunk), events.c.type.in_(("session.ended", "sentiment"))
-                    )
+                for sid, tenant, seq, etype, payload in conn.execute(
+                    select(
+                        events.c.session_id, events.c.tenant, events.c.seq, events.c.type, events.c.payload
+                    ).where(events.c.session_id.in_(chunk), events.c.type.in_(("session.ended", "sentiment")))
                 ):
-                    p = payload if isinstance(payload, dict) else json.loads(payload)
+                    p = store._opened_payload(tenant, sid, seq, payload)
                     if etype == "session.ended" and isinstance(p.get("summary"), dict):
                         summaries[sid] = p["summary"]
                     elif etype == "sentiment" and p.get("score") is not None:
@@ -588,19 +658,31 @@ def _stored_sessions(settings: Settings, now: datetime) -> pd.DataFrame:
             escalated = esc_counts.get(r.id, 0)
         out.append(
             {
+                "tenant": r.tenant,
                 "customer_id": r.customer_id,
                 "duration_s": float(duration),
                 "sentiment_avg": None if sentiment is None else float(sentiment),
                 "escalations": int(escalated),
             }
         )
-    return pd.DataFrame(out, columns=["customer_id", "duration_s", "sentiment_avg", "escalations"])
+    return pd.DataFrame(out, columns=_STORED_COLUMNS)
+
+
+_STORED_COLUMNS = ["tenant", "customer_id", "duration_s", "sentiment_avg", "escalations"]
+
+
+def _valid_tenant(tenant: Any) -> bool:
+    try:
+        _check_tenant(tenant)
+    except ValueError:
+        return False
+    return True
 
 
 def recompute_history(settings: Settings, *, now: datetime | None = None) -> int:
-    """The daily batch job: recompute ``customer_history`` for every customer with ended sessions in the
-    session store (baseline history + stored sessions), append the rows to the history source and
-    materialize them. Returns the number of customers updated."""
+    """The daily batch job: recompute ``customer_history`` for every (tenant, customer) with ended sessions in
+    the session store (that tenant's baseline history + that tenant's stored sessions), append the rows to the
+    history source and materialize them. Returns the number of customers updated."""
     import pandas as pd
 
     d = _definitions(settings)
@@ -612,7 +694,8 @@ def recompute_history(settings: Settings, *, now: datetime | None = None) -> int
         return 0
     stored["has_sentiment"] = stored["sentiment_avg"].notna()
     stored["sentiment_sum"] = stored["sentiment_avg"].fillna(0.0)
-    agg = stored.groupby("customer_id").agg(
+    keys = list(d.ENTITY_KEYS)
+    agg = stored.groupby(keys).agg(
         n=("duration_s", "size"),
         duration_sum=("duration_s", "sum"),
         ns=("has_sentiment", "sum"),
@@ -620,10 +703,13 @@ def recompute_history(settings: Settings, *, now: datetime | None = None) -> int
         escalations=("escalations", "sum"),
     )
     baseline_path = settings.feast_data_dir / BASELINE_FILE
+    history_path = settings.feast_data_dir / d.HISTORY_FILE
+    for path in (baseline_path, history_path):
+        _require_tenant_column(path)
     if baseline_path.exists():
         base = pd.read_parquet(baseline_path)
-        base = base.sort_values("event_timestamp").drop_duplicates("customer_id", keep="last")
-        base = base.set_index("customer_id").reindex(agg.index)
+        base = base.sort_values("event_timestamp").drop_duplicates(keys, keep="last")
+        base = base.set_index(keys).reindex(agg.index)
     else:
         base = pd.DataFrame(index=agg.index, columns=list(d.HISTORY_FEATURES))
     base = base.fillna(0)
@@ -632,7 +718,8 @@ def recompute_history(settings: Settings, *, now: datetime | None = None) -> int
     ns = ns_b + agg["ns"].astype("int64")
     rows = pd.DataFrame(
         {
-            "customer_id": agg.index,
+            "tenant": agg.index.get_level_values("tenant"),
+            "customer_id": agg.index.get_level_values("customer_id"),
             "event_timestamp": now,
             "created": datetime.now(UTC),
             "avg_session_duration": (
@@ -652,11 +739,10 @@ def recompute_history(settings: Settings, *, now: datetime | None = None) -> int
             "sentiment_session_count": ns.astype("int64").to_numpy(),
         }
     )
-    history_path = settings.feast_data_dir / d.HISTORY_FILE
     if history_path.exists():
         previous = pd.read_parquet(history_path)
         rows = pd.concat([previous, rows[list(previous.columns)]], ignore_index=True)
-        rows = rows.drop_duplicates(["customer_id", "event_timestamp"], keep="last")
+        rows = rows.drop_duplicates([*keys, "event_timestamp"], keep="last")
     _write_parquet(rows, history_path)
     store = _store(settings)
     # only the rows written now (a wider window would replay older rows over newer pushes on SQLite)
@@ -691,10 +777,16 @@ def main(argv: list[str] | None = None) -> int:
     p_sample = sub.add_parser("sample-data", help="(re)write the seeded sample parquet sources")
     p_sample.add_argument("--customers", type=int, default=200)
     p_sample.add_argument("--seed", type=int, default=0)
+    p_sample.add_argument(
+        "--tenant", default=SAMPLE_TENANT, help=f"tenant of the sample customers (default: {SAMPLE_TENANT})"
+    )
     sub.add_parser("apply", help="register the definitions of feature_repo/ (feast apply)")
     sub.add_parser("materialize", help="load new batch rows into the online store (incremental)")
     sub.add_parser("daily-job", help="recompute history features from the session store and materialize")
-    p_get = sub.add_parser("get", help="read one customer's online features (with the configured timeout)")
+    p_get = sub.add_parser(
+        "get", help="read one tenant's customer's online features (with the configured timeout)"
+    )
+    p_get.add_argument("tenant", help=f"the tenant the customer belongs to (sample data: {SAMPLE_TENANT})")
     p_get.add_argument("customer_id")
     args = parser.parse_args(argv)
 
@@ -706,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "setup":
             setup(settings, force=args.force)
         elif args.command == "sample-data":
-            generate_sample_data(settings, customers=args.customers, seed=args.seed)
+            generate_sample_data(settings, customers=args.customers, seed=args.seed, tenant=args.tenant)
         elif args.command == "apply":
             apply(settings)
         elif args.command == "materialize":
@@ -716,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "get":
             client = FeatureClient(settings)
             try:
-                features = asyncio.run(_get(client, args.customer_id))
+                features = asyncio.run(_get(client, args.tenant, args.customer_id))
             finally:
                 client.close()
             print(json.dumps(asdict(features), indent=2))
@@ -740,9 +832,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _get(client: FeatureClient, customer_id: str) -> CustomerFeatures:
+async def _get(client: FeatureClient, tenant: str, customer_id: str) -> CustomerFeatures:
+    _entity_row(tenant, customer_id)  # a malformed tenant is refused before Feast loads
     await client.warmup()
-    return await client.online(customer_id)
+    return await client.online(tenant, customer_id)
 
 
 if __name__ == "__main__":  # pragma: no cover

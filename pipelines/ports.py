@@ -88,12 +88,13 @@ class GeneratorPort(Protocol):
 
 
 class FeaturePort(Protocol):
-    """The customer's online features (Feast). Never raises: defaults on timeout or error."""
+    """One tenant's customer's online features (Feast), scoped by the tenant in the data layer: the same customer
+    id under another tenant is another customer. Never raises for the store: defaults on timeout or error."""
 
-    async def online(self, customer_id: str) -> Any: ...
+    async def online(self, tenant: str, customer_id: str) -> Any: ...
 
     async def push_session_async(
-        self, customer_id: str, *, duration_s: float, sentiment_avg: float | None, escalated: int
+        self, tenant: str, customer_id: str, *, duration_s: float, sentiment_avg: float | None, escalated: int
     ) -> Any: ...
 
 

@@ -64,7 +64,7 @@ _HANDLE_TIMES_KEPT = 50  # the average handle time is over the last N finished c
 
 
 def _check_tenant(tenant: str) -> str:
-    if not _TENANT.match(tenant):
+    if not _TENANT.fullmatch(tenant):
         raise ValueError(f"invalid tenant {tenant!r}: letters, digits, '_', '.', '-' only")
     return tenant
 

@@ -200,8 +200,8 @@ class Pipeline:
         state.crm = self.crm.start(tenant, state.customer_id)
         if self.features is not None:
             port, customer = self.features, state.customer_id
-            state.features = asyncio.ensure_future(port.online(customer))
-            state._features_reader = lambda: port.online(customer)
+            state.features = asyncio.ensure_future(port.online(tenant, customer))
+            state._features_reader = lambda: port.online(tenant, customer)
         self._record(state, started)
         return state, started
 
@@ -274,6 +274,7 @@ class Pipeline:
         try:
             await asyncio.wait_for(
                 self.features.push_session_async(
+                    state.tenant,
                     state.customer_id,
                     duration_s=summary["duration_s"],
                     sentiment_avg=summary["sentiment_avg"],

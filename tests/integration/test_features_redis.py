@@ -1,4 +1,5 @@
-"""Feast features on the real local Redis (the production online store): setup, read, push, read back.
+"""Feast features on the real local Redis (the production online store): setup, read, push, read back, and
+tenant ``acme`` neither reading nor overwriting tenant ``demo``'s customer of the same id.
 
 Uses a dedicated database (``SWITCHBOARD_TEST_REDIS_URL``, default ``redis://127.0.0.1:6379/13``) and deletes
 only the keys of the ``switchboard`` Feast project there afterwards."""
@@ -51,21 +52,21 @@ async def test_redis_read_push_round_trip(tmp_path: Path, redis_db, no_leaked_ta
     client = FeatureClient(settings)
     try:
         await client.warmup()
-        demo = await client.online("demo-customer-17")
+        demo = await client.online("demo", "demo-customer-17")
         assert demo.source == "online"
         assert demo.customer_lifetime_value == pytest.approx(
             DEMO_CUSTOMERS["demo-customer-17"]["customer_lifetime_value"]
         )
-        assert (await client.online("nobody-here")).source == "default"
+        assert (await client.online("demo", "nobody-here")).source == "default"
 
         first = await client.push_session_async(
-            "redis-push-1", duration_s=60.0, sentiment_avg=-0.5, escalated=1
+            "demo", "redis-push-1", duration_s=60.0, sentiment_avg=-0.5, escalated=1
         )
         second = await client.push_session_async(
-            "redis-push-1", duration_s=180.0, sentiment_avg=0.3, escalated=0
+            "demo", "redis-push-1", duration_s=180.0, sentiment_avg=0.3, escalated=0
         )
         assert first.session_count == 1 and second.session_count == 2
-        got = await client.online("redis-push-1")
+        got = await client.online("demo", "redis-push-1")
         assert got.source == "online"
         assert got.avg_session_duration == pytest.approx(120.0)
         assert got.historical_sentiment_avg == pytest.approx(-0.1)
@@ -73,12 +74,27 @@ async def test_redis_read_push_round_trip(tmp_path: Path, redis_db, no_leaked_ta
 
         n = demo.session_count
         pushed = await client.push_session_async(
-            "demo-customer-17", duration_s=0.0, sentiment_avg=None, escalated=True
+            "demo", "demo-customer-17", duration_s=0.0, sentiment_avg=None, escalated=True
         )
         assert pushed.avg_session_duration == pytest.approx(demo.avg_session_duration * n / (n + 1))
         assert (
-            await client.online("demo-customer-17")
+            await client.online("demo", "demo-customer-17")
         ).escalation_history_count == demo.escalation_history_count + 1
+
+        # tenant isolation on Redis: the tenant is part of the key
+        keys_before = len(_project_keys(redis_db))
+        demo_now = await client.online("demo", "demo-customer-17")
+        assert (await client.online("acme", "demo-customer-17")).source == "default"
+        acme = await client.push_session_async(
+            "acme", "demo-customer-17", duration_s=5.0, sentiment_avg=1.0, escalated=0
+        )
+        assert acme.session_count == 1 and acme.customer_lifetime_value == 0.0
+        assert len(_project_keys(redis_db)) == keys_before + 1  # a key of its own, next to demo's
+        assert await client.online("demo", "demo-customer-17") == demo_now
+        acme_now = await client.online("acme", "demo-customer-17")
+        assert acme_now.historical_sentiment_avg == pytest.approx(1.0)
+        with pytest.raises(ValueError, match="invalid tenant"):
+            await client.online("demo:x", "demo-customer-17")
     finally:
         client.close()
 
@@ -90,8 +106,8 @@ async def test_redis_down_gives_error_defaults(tmp_path: Path, caplog) -> None:
     apply(settings)
     client = FeatureClient(settings)
     try:
-        first = await client.online("demo-customer-17")
-        second = await client.online("demo-customer-17")
+        first = await client.online("demo", "demo-customer-17")
+        second = await client.online("demo", "demo-customer-17")
     finally:
         client.close()
     assert first.source == second.source == "error"

@@ -1,5 +1,6 @@
 """Customer features in the real Serve app: escalations read the Feast online store, and the post-call
-analytics are pushed back into the customer's history when the session ends."""
+analytics are pushed back into the customer's history when the session ends, under the session's tenant (the
+dev token's ``demo``): the same customer id of another tenant is untouched."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def test_healthz_reports_the_feature_store(app):
 
 async def test_high_value_customer_escalation_and_history_push(app):
     features = FeatureClient(app.settings)
-    before = features.read("demo-customer-17")
+    before = features.read("demo", "demo-customer-17")
     assert before.source == "online" and before.customer_lifetime_value > 12000
 
     async with SessionClient(app.ws_url, app.token) as c:
@@ -44,13 +45,15 @@ async def test_high_value_customer_escalation_and_history_push(app):
     import time
 
     deadline = time.monotonic() + 15.0
-    after = features.read("demo-customer-17")
+    after = features.read("demo", "demo-customer-17")
     while after.session_count == before.session_count and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-        after = features.read("demo-customer-17")
+        after = features.read("demo", "demo-customer-17")
     assert after.session_count == before.session_count + 1
     assert after.escalation_history_count >= before.escalation_history_count + 1
     assert after.historical_sentiment_avg < before.historical_sentiment_avg  # an unhappy call lowers it
+    assert features.read("acme", "demo-customer-17").source == "default"  # pushed under demo only
+    features.close()
 
 
 async def test_unknown_customer_gets_default_features_and_normal_routing(app):

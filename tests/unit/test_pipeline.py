@@ -311,10 +311,10 @@ async def test_feature_store_outage_does_not_block_session_end(env):
     build, _, _ = env
 
     class DownFeatureStore:
-        async def online(self, customer_id):
+        async def online(self, tenant, customer_id):
             return None
 
-        async def push_session_async(self, customer_id, **kw):
+        async def push_session_async(self, tenant, customer_id, **kw):
             raise ConnectionError("redis down")
 
     pipeline = build()
