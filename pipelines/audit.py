@@ -61,8 +61,6 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
-    create_engine,
-    event,
     func,
     inspect,
     select,
@@ -140,18 +138,9 @@ def actor_for(principal: Any) -> str:
 
 def engine_for(url: str) -> Engine:
     """An engine like the session store's (SQLite: WAL, 30 s busy timeout, usable from threads)."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    from .storage import make_engine
 
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return make_engine(url)
 
 
 # ---------------------------------------------------------------- schema

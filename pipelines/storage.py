@@ -192,7 +192,8 @@ class SessionRow:
     turns: int = 0
 
 
-def _make_engine(url: str) -> Engine:
+def make_engine(url: str) -> Engine:
+    """The engine every part of switchboard uses (SQLite: WAL, 30 s busy timeout, usable from threads)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
@@ -214,7 +215,7 @@ class SessionStore:
         self, url: str, *, batch_size: int = 256, max_backoff_s: float = 5.0, keyring: Any | None = None
     ) -> None:
         self.url = url
-        self.engine = _make_engine(url)
+        self.engine = make_engine(url)
         # pipelines.keys.KeyRing: transcripts and event payloads are sealed with the tenant's data key
         # (in the writer thread, just before they are written) and opened on the way back
         self.keyring = keyring
