@@ -94,9 +94,9 @@ class _WsTransport:
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self.ws.client_state == WebSocketState.CONNECTED:
-            try:
-                await self.ws.close(code=code, reason=reason)
-            except (RuntimeError, OSError):
+            try:  # a peer that reads nothing cannot hold the close either
+                await asyncio.wait_for(self.ws.close(code=code, reason=reason), self.send_timeout_s)
+            except (TimeoutError, RuntimeError, OSError):
                 pass
 
 

@@ -239,3 +239,35 @@ async def test_a_session_fed_garbage_keeps_every_message_it_accepted(pipeline_en
         assert [t for t in stored if t in good] == good  # nothing accepted was lost
     finally:
         await store.close()
+
+
+async def test_a_client_that_stops_reading_is_disconnected_not_waited_for():
+    """The websocket transport gives a send ``send_timeout_s``; a client that does not read (its TCP window
+    full) is closed instead of holding the session's pipeline (the session stays stored and resumable)."""
+    import asyncio
+
+    from starlette.websockets import WebSocketState
+
+    from pipelines.events import ErrorEvent
+    from serve.ingress import _WsTransport
+
+    class StuckSocket:
+        client_state = WebSocketState.CONNECTED
+
+        def __init__(self) -> None:
+            self.closed_with = None
+
+        async def send_text(self, text: str) -> None:
+            await asyncio.Event().wait()  # the peer never reads
+
+        async def close(self, code: int = 1000, reason: str = "") -> None:
+            self.closed_with = (code, reason)
+            self.client_state = WebSocketState.DISCONNECTED
+
+    ws = StuckSocket()
+    transport = _WsTransport(ws, send_timeout_s=0.2)  # type: ignore[arg-type]
+    started = asyncio.get_running_loop().time()
+    await transport.send(ErrorEvent(code="internal_error", message="x"))
+    assert asyncio.get_running_loop().time() - started < 2.0
+    assert ws.closed_with == (1013, "too slow: resume the session")
+    await transport.send(ErrorEvent(code="internal_error", message="y"))  # a closed client costs nothing
