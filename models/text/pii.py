@@ -9,8 +9,12 @@ is loaded from the local environment only:
   (PERSON from spaCy NER).
 * Custom recognizers (regex + validators + raw-text context windows) for the
   rest: CARD (Luhn), SSN, ROUTING_NUMBER (ABA checksum), BANK_ACCOUNT, ADDRESS,
-  DOB, MRN, MEMBER_ID, cue-based PERSON, spoken e-mail addresses and a regex
-  phone fallback.
+  DOB, MRN, MEMBER_ID, cue-based PERSON, spoken e-mail addresses, e-mail addresses
+  whose domain does not validate, lower-case IBANs, a regex phone fallback and
+  numbers spoken digit by digit.
+
+Measured on tests/data/pii_corpus.yaml by tests/unit/test_pii.py (recall per type,
+negatives kept).
 
 Candidates from all recognizers are resolved across types (highest score, then
 longest span wins; partially-overlapping losers are merged into the winner so
@@ -166,7 +170,9 @@ class _Rule:
     within ``before`` chars left of the value (or ``after`` chars right of it), the score
     becomes ``ctx_min..ctx_max`` depending on proximity (closest cue wins). If
     ``require_context`` is set, matches without a cue are dropped. ``negative`` cues
-    found in the immediate left neighbourhood (``negative_window`` chars) veto a match.
+    found in the immediate left neighbourhood (``negative_window`` chars) veto a match,
+    unless the negative pattern has a group named ``w`` (the negative word) and a context
+    cue stands between that word and the value ("refund to acct 99001122").
     """
 
     regex: re.Pattern[str]
@@ -226,6 +232,18 @@ class _RegexRecognizer(LocalRecognizer):
         best = min(1.0, max(0.0, best))
         return rule.ctx_min + (rule.ctx_max - rule.ctx_min) * best
 
+    @staticmethod
+    def _vetoed(text: str, start: int, rule: _Rule) -> bool:
+        assert rule.negative is not None
+        m = rule.negative.search(text, max(0, start - rule.negative_window), start)
+        if m is None:
+            return False
+        if "w" not in rule.negative.groupindex or rule.context is None:
+            return True
+        while (later := rule.negative.search(text, m.start("w") + 1, start)) is not None:
+            m = later  # the negative word nearest to the value decides
+        return rule.context.search(text, m.end("w"), start) is None
+
     def analyze(self, text, entities, nlp_artifacts=None):  # noqa: D102
         if self._needs_digit and not _DIGIT_RE.search(text):
             return []
@@ -242,9 +260,7 @@ class _RegexRecognizer(LocalRecognizer):
                 value = text[start:end]
                 if rule.validator is not None and not rule.validator(value):
                     continue
-                if rule.negative is not None and rule.negative.search(
-                    text, max(0, start - rule.negative_window), start
-                ):
+                if rule.negative is not None and self._vetoed(text, start, rule):
                     continue
                 score = rule.score
                 if rule.context is not None:
@@ -316,13 +332,29 @@ class _PhoneRecognizer(PhoneRecognizer):
       (bare 9-11 digit strings are too often valid numbers somewhere).
     * Regex fallback for syntactically phone-like strings that libphonenumber rejects
       (e.g. fictional 555 numbers, +1 555 123 4567) and unknown international numbers.
+    * Seven-digit local numbers ("reach me at 555-0147") only after a phone cue.
+    * A letter O typed for a zero inside a number ("415-555-O132") is read as 0.
+    * A number right after an order / ticket / case / invoice... cue is that reference,
+      not a phone (unless it is written in international form, "+...").
     """
 
     REGIONS = ("US", "GB", "IN", "AU")
     _US_FALLBACK = re.compile(
-        r"(?<![\w$+.])(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-]?)\d{3}[ .-]?\d{4}(?![\w]|[.,]\d)"
+        r"(?<![\w$+.])(?<!\d-)(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-]?)\d{3}[ .-]?\d{4}(?![\w]|[.,-]\d)"
     )
     _INTL_FALLBACK = re.compile(r"(?<![\w+])\+[1-9]\d{0,2}(?:[ .-]?\(?\d{1,5}\)?){1,6}(?![\w])")
+    _LOCAL = re.compile(r"(?<![\w$+.,/:-])\d{3}[-.]\d{4}(?![\w]|[.,:/-]\d)")
+    _LOCAL_CUE = re.compile(
+        r"(?<![a-z])(?:phone|cell|mobile|call|reach|text|contact|number|tel|ph|fax|dial|ring|extension)(?![a-z])",
+        re.I,
+    )
+    _REF_CUE = re.compile(
+        r"(?<![a-z])(?<!in )(?:order|ticket|case|invoice|ref|reference|confirmation|conf|tracking|claim|transaction|txn|"
+        r"serial|model|part|sku|item|booking|reservation|incident|request)"
+        r"(?:\s*(?:number|num|no\.?|#|id|code))?\s*(?:is|was|[:#=])?\s*$",
+        re.I,
+    )
+    _LETTER_O = re.compile(r"(?<=\d)[Oo](?=[\dOo .-])|(?<=[\d .-])[Oo](?=[\dOo])")
 
     def __init__(self):
         super().__init__(
@@ -334,6 +366,7 @@ class _PhoneRecognizer(PhoneRecognizer):
 
     def analyze(self, text, entities, nlp_artifacts=None):  # noqa: D102
         results: list[RecognizerResult] = []
+        text = self._LETTER_O.sub("0", text)  # same length: offsets are unchanged
         if sum(ch.isdigit() for ch in text) < 7:
             return results
         for region in self.supported_regions:
@@ -354,25 +387,70 @@ class _PhoneRecognizer(PhoneRecognizer):
         for m in self._INTL_FALLBACK.finditer(text):
             if 8 <= len(_digits(m.group())) <= 15:
                 results.append(_make_result("PHONE", m.start(), m.end(), 0.55, self.name))
-        return results
+        for m in self._LOCAL.finditer(text):
+            if self._LOCAL_CUE.search(text, max(0, m.start() - 40), m.start()):
+                results.append(_make_result("PHONE", m.start(), m.end(), 0.5, self.name))
+        return [
+            r
+            for r in results
+            if text[r.start] == "+" or not self._REF_CUE.search(text, max(0, r.start - 30), r.start)
+        ]
+
+
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class _IbanRecognizer(IbanRecognizer):
+    """Presidio's IBAN recognizer (checksum-validated), also for IBANs typed in lower case
+    ("my iban is es91 2100 ..."): it runs on an ASCII-upper-cased copy of the text, which
+    keeps every offset."""
+
+    def __init__(self):
+        super().__init__(supported_entity="BANK_ACCOUNT", name="IbanRecognizer")
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # noqa: D102
+        return super().analyze(text.translate(_ASCII_UPPER), entities, nlp_artifacts, regex_flags)
 
 
 class _SpacyPersonRecognizer(SpacyRecognizer):
-    """spaCy NER PERSON, minus obvious junk (digits, placeholders, greetings)."""
+    """spaCy NER PERSON, minus obvious junk (digits, placeholders, greetings, lower-case common
+    words such as "max"). A span is cut at line breaks (an e-mail signature: "Tom\\nTel") and at
+    field labels ("Tel", "soc sec", "phoen"); each piece is judged on its own."""
+
+    _LINE = re.compile(r"\S+(?:[^\S\n]+\S+)*")  # the words of one line
 
     def analyze(self, text, entities, nlp_artifacts=None):  # noqa: D102
         out = []
         for r in super().analyze(text, entities, nlp_artifacts):
-            span = text[r.start : r.end]
-            if (
-                not any(ch.isalpha() for ch in span)
-                or any(ch.isdigit() or ch in "@[]" for ch in span)
-                or span.strip(" .,'").lower() in _NAME_STOP
-                or any(w in _NOT_A_PERSON for w in re.findall(r"\w+", span.lower()))
-            ):
-                continue
-            out.append(r)
+            for line in self._LINE.finditer(text, r.start, r.end):
+                # a field label ends the name: "Tel Robert Chen" -> "Robert Chen"
+                words = [
+                    w
+                    for w in re.finditer(r"\S+", line.group())
+                    if w.group().strip(".:,").lower() not in _FIELD_LABELS
+                ]
+                runs: list[list[re.Match[str]]] = []
+                for w in words:
+                    if runs and line.group()[runs[-1][-1].end() : w.start()].strip() == "":
+                        runs[-1].append(w)
+                    else:
+                        runs.append([w])
+                for run in runs:
+                    start, end = line.start() + run[0].start(), line.start() + run[-1].end()
+                    if self._plausible(text[start:end]):
+                        out.append(_make_result("PERSON", start, end, r.score, self.name))
         return out
+
+    @staticmethod
+    def _plausible(span: str) -> bool:
+        words = re.findall(r"\w+", span.lower())
+        return not (
+            not any(ch.isalpha() for ch in span)
+            or any(ch.isdigit() or ch in "@[]" for ch in span)
+            or span.strip(" .,'").lower() in _NAME_STOP
+            or any(w in _NOT_A_PERSON for w in words)
+            or (span.islower() and all(w in _LOWER_NOT_A_NAME or w in _NAME_STOP for w in words))
+        )
 
 
 class _CuePersonRecognizer(LocalRecognizer):
@@ -543,7 +621,8 @@ _I = re.IGNORECASE
 
 # ---- SSN
 _SSN_CTX = re.compile(r"(?<![a-z])(?:ssn|ss#|ss\s+number|social\s+security|social|soc\s+sec)(?![a-z])", _I)
-_SSN_LAST4_CTX = re.compile(r"(?<![a-z])last\s+(?:four|4)\b", _I)
+_LAST4 = r"(?:last\s+(?:four|4)\b|\bend(?:s|ing)?\s+(?:in|with)\b)"  # "last four", "ends in"
+_SSN_LAST4_CTX = re.compile(r"(?<![a-z])" + _LAST4, _I)
 _SSN_RULES = (
     _Rule(
         re.compile(r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])"),
@@ -576,9 +655,21 @@ _SSN_RULES = (
         ctx_min=0.6,
         ctx_max=0.92,
     ),
-    # "last four of my social is 6789"
+    # typed with spaces around the dashes: "372 - 19 - 8874"
     _Rule(
-        re.compile(r"(?i:(?:last\s+(?:four|4)\b[^\d]{0,40}?)(?P<v>(?<![\w$.,-])\d{4})(?![\w]|[.,:]\d))"),
+        re.compile(r"(?<![\w.-])\d{3}\s*[-–]\s*\d{2}\s*[-–]\s*\d{4}(?![\w]|[.-]\d)"),
+        0.0,
+        _valid_ssn,
+        _SSN_CTX,
+        True,
+        before=50,
+        after=30,
+        ctx_min=0.85,
+        ctx_max=0.95,
+    ),
+    # "last four of my social is 6789", "my ssn ends in 4455"
+    _Rule(
+        re.compile(r"(?i:(?:" + _LAST4 + r"[^\d]{0,60}?)(?P<v>(?<![\w$.,-])\d{4})(?![\w]|[.,:]\d))"),
         0.0,
         None,
         _SSN_CTX,
@@ -608,10 +699,12 @@ _ROUTING_RULES = (
 
 # ---- BANK_ACCOUNT (plus Presidio's IbanRecognizer)
 _ACCOUNT_CTX = re.compile(
-    r"(?<![a-z])(?:account|acct|accts|a/c|checking|savings|chequing|bank\s+acc(?:oun)?t)(?![a-z])", _I
+    r"(?<![a-z])(?:a(?:ccount|count|ccout|ccont|cconut|ccnt|cnt|cct)s?|a/c|checking|savings|chequing|"
+    r"bank\s+acc(?:oun)?t|acc(?=\s*(?:no\b|num|number|#)))(?![a-z])",
+    _I,
 )
 _AMOUNT_NEG = re.compile(
-    r"(?<![a-z])(?:balance|amount|total|owe|owed|paid|pay|payment|charged?|refund|deposit(?:ed)?|"
+    r"(?<![a-z])(?P<w>balance|amount|total|owe|owed|paid|pay|payment|charged?|refund|deposit(?:ed)?|"
     r"withdr[ae]w[n]?|limit|fee|cost|costs|price)(?![a-z])[^\d]*$",
     _I,
 )
@@ -683,7 +776,7 @@ _DOB_RULES = (
         ctx_max=0.95,
     ),
     _Rule(
-        re.compile(r"\b(?:the\s+)?" + _DAY + r"\s+(?:of\s+)?" + _MONTH + r",?\s+" + _YEAR + r"\b", _I),
+        re.compile(r"\b(?P<v>" + _DAY + r"\s+(?:of\s+)?" + _MONTH + r",?\s+" + _YEAR + r")\b", _I),
         0.0,
         None,
         _DOB_CTX,
@@ -803,10 +896,25 @@ _EMAIL_PATTERN = (
     r"(?<![\w.!#$%&'*+/=?^`{|}~-])[\w!#$%&'*+/=?^`{|}~-](?:[\w.!#$%&'*+/=?^`{|}~-]{0,62}[\w!#$%&'*+/=?^`{|}~-])?"
     r"@(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.){1,8}[^\W\d_]{2,24}(?![\w-])"
 )
-_EMAIL_CTX = re.compile(r"(?<![a-z])(?:e-?mail|email\s+address)(?![a-z])", _I)
-_SPOKEN_EMAIL_RULES = (
-    _Rule(_SPOKEN_EMAIL, 0.0, None, _EMAIL_CTX, True, before=40, after=0, ctx_min=0.7, ctx_max=0.8),
+_EMAIL_CTX = re.compile(r"(?<![a-z])(?:e[-\s]?mail|email\s+address)(?![a-z])", _I)
+_SPOKEN_TLD = r"\s+dot\s+(?:com|net|org|edu|gov|us|io|co|info|biz|me)\b"
+# ASR splits the address into words ("j smith at ...", "lucy ninety two at ...", "at nina designs dot com"):
+# right after an e-mail cue and its verb, every word up to "<tld>" is the address.
+_SPOKEN_EMAIL_CUED = re.compile(
+    r"(?i)(?<![a-z])e[-\s]?mail(?:\s+address)?(?:['’]s)?"
+    r"(?:\s*(?::|\bis\b|\bwas\b|\b(?:would|will|should)\s+be\b|\bit['’]?s\b)\s*)+"
+    r"(?P<v>(?!(?:me|us|to|at|the|my|it)\b)[a-z0-9][a-z0-9._-]*(?:\s+[a-z0-9._-]+){0,5}?"
+    r"\s+at\s+[a-z0-9-]{1,63}(?:\s+[a-z0-9-]{1,63}){0,2}?(?:\s+dot\s+[a-z0-9-]{1,63}){0,4}?"
+    + _SPOKEN_TLD
+    + r")"
 )
+_SPOKEN_EMAIL_RULES = (
+    # the cue may also follow the address: "its harold underscore finch at yahoo dot com for email"
+    _Rule(_SPOKEN_EMAIL, 0.0, None, _EMAIL_CTX, True, before=40, after=40, ctx_min=0.7, ctx_max=0.8),
+    _Rule(_SPOKEN_EMAIL_CUED, 0.8),
+)
+# Addresses whose domain does not validate (typos such as "gmail.con"): still someone's address.
+_EMAIL_FALLBACK_RULES = (_Rule(re.compile(_EMAIL_PATTERN), 0.45),)
 
 # ---- PERSON stop words (cue names / spaCy junk)
 _NAME_STOP = frozenset(
@@ -838,6 +946,21 @@ _NOT_A_PERSON = frozenset(
     """
     pay plus care health healthcare insurance pharmacy clinic hospital medical center centre bank app portal
     online mychart ppo hmo epo wallet venmo zelle paypal medicare medicaid inc llc corp
+    """.split()
+)
+
+# Form / signature labels and their usual typos: never part of a name.
+_FIELD_LABELS = frozenset(
+    """
+    tel telephone fax ph phone phoen phn cell mobile ext soc sec ssn dob acct iban routing email emial e-mail
+    """.split()
+)
+
+# Words that are names when capitalised but ordinary words in lower-case text ("max 4 per day").
+_LOWER_NOT_A_NAME = frozenset(
+    """
+    max min will bill mark grace faith hope joy rose sunny summer pat sue rob jack frank sandy dawn chase drew
+    art ray herb gene bob amber crystal penny
     """.split()
 )
 
@@ -1073,12 +1196,19 @@ class PiiDetector:
                     needs_digit=False,
                     prefilter=re.compile(r"(?i)\bat\b.*\bdot\b"),
                 ),
+                _RegexRecognizer(
+                    "EMAIL",
+                    _EMAIL_FALLBACK_RULES,
+                    "EmailFallbackRecognizer",
+                    needs_digit=False,
+                    prefilter=re.compile("@"),
+                ),
                 _PhoneRecognizer(),
                 _CardRecognizer(),
                 _RegexRecognizer("SSN", _SSN_RULES, "SsnRecognizer"),
                 _RegexRecognizer("ROUTING_NUMBER", _ROUTING_RULES, "RoutingNumberRecognizer"),
                 _RegexRecognizer("BANK_ACCOUNT", _ACCOUNT_RULES, "BankAccountRecognizer"),
-                IbanRecognizer(supported_entity="BANK_ACCOUNT"),
+                _IbanRecognizer(),
                 _RegexRecognizer("ADDRESS", _ADDRESS_RULES, "AddressRecognizer"),
                 _RegexRecognizer("DOB", _DOB_RULES, "DobRecognizer"),
                 _RegexRecognizer("MRN", _MRN_RULES, "MrnRecognizer"),

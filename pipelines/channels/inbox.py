@@ -139,9 +139,11 @@ class ChannelInbox:
         refs = thread_refs(inbound)
         keys = [email_thread_key(self.secret, mid) for mid in refs]
         own = email_thread_key(self.secret, inbound.message_id)
+        # the subject is the customer's text too: it goes out again only as the guardrail left it
+        subject = await self.pipeline.redact_partial(inbound.subject) if inbound.subject else ""
         contact = Contact(
             to=inbound.from_address,
-            subject=reply_subject(inbound.subject),
+            subject=reply_subject(subject) if subject is not None else "Re: your message",
             in_reply_to=inbound.message_id,
             references=(*inbound.references, inbound.message_id),
         )

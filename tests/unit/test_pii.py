@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
+import yaml
 
 from models.text import pii
 from models.text.pii import ENTITY_TYPES, PiiDetectionError, PiiDetector, PiiSpan, RedactionResult
@@ -19,172 +22,34 @@ def detector() -> PiiDetector:
     return PiiDetector()
 
 
-# (text, [(raw value, expected type), ...]). Each raw value must occur exactly once in text.
-CORPUS: list[tuple[str, list[tuple[str, str]]]] = [
-    # ---- EMAIL
-    ("Please send the form to john.doe@example.com today.", [("john.doe@example.com", "EMAIL")]),
-    ("my email is MARIA_G+claims@health-mail.org", [("MARIA_G+claims@health-mail.org", "EMAIL")]),
-    ("You can reach me at j.smith@company.co.uk or by phone.", [("j.smith@company.co.uk", "EMAIL")]),
-    ("my email address is jane dot smith at gmail dot com", [("jane dot smith at gmail dot com", "EMAIL")]),
-    ("Contact: priya.patel99@yahoo.com.", [("priya.patel99@yahoo.com", "EMAIL")]),
-    # ---- PHONE (US)
-    ("call me back at 555-123-4567 please", [("555-123-4567", "PHONE")]),
-    ("my cell is (555) 123-4567", [("(555) 123-4567", "PHONE")]),
-    ("sure, it's +1 555 123 4567", [("+1 555 123 4567", "PHONE")]),
-    ("the number on file should be 5551234567", [("5551234567", "PHONE")]),
-    ("212.555.0147 is the best number to reach me", [("212.555.0147", "PHONE")]),
-    ("you can text 1-800-555-0199 anytime", [("1-800-555-0199", "PHONE")]),
-    ("Phone: (212) 555-0147, mornings only", [("(212) 555-0147", "PHONE")]),
-    # ---- PHONE (international)
-    ("my UK number is +44 20 7946 0958", [("+44 20 7946 0958", "PHONE")]),
-    ("our office in Berlin: +49 30 901820", [("+49 30 901820", "PHONE")]),
-    ("the Paris office is +33 1 42 68 53 00 after 9am", [("+33 1 42 68 53 00", "PHONE")]),
-    ("my brother in India, +91 98765 43210, is the emergency contact", [("+91 98765 43210", "PHONE")]),
-    # ---- CARD
-    ("my card number is 4111 1111 1111 1111", [("4111 1111 1111 1111", "CARD")]),
-    ("charge it to 5500-0000-0000-0004 please", [("5500-0000-0000-0004", "CARD")]),
-    ("the amex is 3782 822463 10005", [("3782 822463 10005", "CARD")]),
-    ("card 6011111111111117 expires next year", [("6011111111111117", "CARD")]),
-    ("use the visa 4012888888881881 and the cvv is on the back", [("4012888888881881", "CARD")]),
-    ("the new card is 6250 9410 0652 8599 123", [("6250 9410 0652 8599 123", "CARD")]),
-    ("old visa 4222222222222 was cancelled", [("4222222222222", "CARD")]),
-    # ---- SSN
-    ("my ssn is 123-45-6789", [("123-45-6789", "SSN")]),
-    ("social security number 219 09 9999", [("219 09 9999", "SSN")]),
-    ("SSN: 536-22-8761", [("536-22-8761", "SSN")]),
-    ("my social is 536228761 if you need it", [("536228761", "SSN")]),
-    ("the last four of my social are 6789", [("6789", "SSN")]),
-    ("it's 321-54-9876 for my social", [("321-54-9876", "SSN")]),
-    # ---- ROUTING_NUMBER
-    ("routing number 021000021", [("021000021", "ROUTING_NUMBER")]),
-    ("the ABA is 011000015, I think", [("011000015", "ROUTING_NUMBER")]),
-    ("routing and transit number: 122105155", [("122105155", "ROUTING_NUMBER")]),
-    ("my bank's routing # is 026009593", [("026009593", "ROUTING_NUMBER")]),
-    # ---- BANK_ACCOUNT
-    ("account number 12345678", [("12345678", "BANK_ACCOUNT")]),
-    ("my checking acct is 000123456789", [("000123456789", "BANK_ACCOUNT")]),
-    ("my savings account is 9876543210123", [("9876543210123", "BANK_ACCOUNT")]),
-    ("the IBAN is GB82 WEST 1234 5698 7654 32", [("GB82 WEST 1234 5698 7654 32", "BANK_ACCOUNT")]),
-    ("wire it to DE89370400440532013000 by Friday", [("DE89370400440532013000", "BANK_ACCOUNT")]),
-    (
-        "routing 021000021 and account 4455667788",
-        [("021000021", "ROUTING_NUMBER"), ("4455667788", "BANK_ACCOUNT")],
-    ),
-    # ---- ADDRESS
-    ("I live at 1234 Elm Street", [("1234 Elm Street", "ADDRESS")]),
-    ("my new place is 55 W. Oak Ave Apt 4B", [("55 W. Oak Ave Apt 4B", "ADDRESS")]),
-    (
-        "742 Evergreen Terrace, Springfield, IL 62704",
-        [("742 Evergreen Terrace, Springfield, IL 62704", "ADDRESS")],
-    ),
-    ("mail it to PO Box 1234, Austin, TX 78701", [("PO Box 1234, Austin, TX 78701", "ADDRESS")]),
-    ("my address is 88 maple drive", [("88 maple drive", "ADDRESS")]),
-    (
-        "ship to 1600 Pennsylvania Avenue NW, Washington, DC 20500",
-        [("1600 Pennsylvania Avenue NW, Washington, DC 20500", "ADDRESS")],
-    ),
-    ("we moved to 350 5th Avenue Suite 3300 last month", [("350 5th Avenue Suite 3300", "ADDRESS")]),
-    ("send the check to P.O. Box 4521", [("P.O. Box 4521", "ADDRESS")]),
-    # ---- DOB
-    ("I was born on 03/14/1985", [("03/14/1985", "DOB")]),
-    ("DOB 1985-03-14", [("1985-03-14", "DOB")]),
-    ("my date of birth is March 14, 1985", [("March 14, 1985", "DOB")]),
-    ("my birthday is 14 March 1985", [("14 March 1985", "DOB")]),
-    ("D.O.B.: 7/4/1976", [("7/4/1976", "DOB")]),
-    ("I was born Jan 5th, 1990 in Ohio", [("Jan 5th, 1990", "DOB")]),
-    ("03/14/1985 is my date of birth", [("03/14/1985", "DOB")]),
-    # ---- MRN
-    ("MRN 00482913", [("00482913", "MRN")]),
-    ("medical record number 4829133", [("4829133", "MRN")]),
-    ("MRN: A-448291", [("A-448291", "MRN")]),
-    ("the chart number is 77120934 at the clinic", [("77120934", "MRN")]),
-    ("my medical record # is 5502318", [("5502318", "MRN")]),
-    # ---- MEMBER_ID
-    ("member id XJH448291023", [("XJH448291023", "MEMBER_ID")]),
-    ("policy number W123456789", [("W123456789", "MEMBER_ID")]),
-    ("subscriber ID 88442211", [("88442211", "MEMBER_ID")]),
-    ("my insurance ID is BCX-44821-09", [("BCX-44821-09", "MEMBER_ID")]),
-    ("group number 0047821 is on the card", [("0047821", "MEMBER_ID")]),
-    ("my Medicare number is 1EG4-TE5-MK73", [("1EG4-TE5-MK73", "MEMBER_ID")]),
-    # ---- PERSON
-    ("Hi, my name is John Smith", [("John Smith", "PERSON")]),
-    ("this is Maria Gonzalez calling about my claim", [("Maria Gonzalez", "PERSON")]),
-    ("I'm Priya Patel", [("Priya Patel", "PERSON")]),
-    ("my name is john smith and I need help", [("john smith", "PERSON")]),
-    ("Can I speak to Dr. Alan Turing?", [("Alan Turing", "PERSON")]),
-    ("My wife Sarah called yesterday", [("Sarah", "PERSON")]),
-    ("I talked to Kevin last week about the refund", [("Kevin", "PERSON")]),
-    ("The account holder is Robert Johnson", [("Robert Johnson", "PERSON")]),
-    ("Please ask for Emily Chen when you call", [("Emily Chen", "PERSON")]),
-    ("my name's Tomás Herrera", [("Tomás Herrera", "PERSON")]),
-    # ---- numbers as ASR emits them (spoken digits / digit-by-digit)
-    (
-        "my phone number is six one four five five five zero one nine nine",
-        [("six one four five five five zero one nine nine", "PHONE")],
-    ),
-    (
-        "my social is four one two, eight eight, one two three four",
-        [("four one two, eight eight, one two three four", "SSN")],
-    ),
-    ("the card number is 4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1", [("4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1", "CARD")]),
-    (
-        "member number is seven seven eight one two three four five",
-        [("seven seven eight one two three four five", "MEMBER_ID")],
-    ),
-    ("my member id is ZGP 4482 9910", [("ZGP 4482 9910", "MEMBER_ID")]),
-    # ---- mixed utterances
-    (
-        "Hi this is Maria Gonzalez, my member id is XJH448291023 and my date of birth is 03/14/1985",
-        [("Maria Gonzalez", "PERSON"), ("XJH448291023", "MEMBER_ID"), ("03/14/1985", "DOB")],
-    ),
-    (
-        "My name is David Lee, card 4111 1111 1111 1111, call 212-555-0147",
-        [("David Lee", "PERSON"), ("4111 1111 1111 1111", "CARD"), ("212-555-0147", "PHONE")],
-    ),
-    (
-        "email john.doe@example.com or call +44 20 7946 0958",
-        [("john.doe@example.com", "EMAIL"), ("+44 20 7946 0958", "PHONE")],
-    ),
-    ("ssn 536-22-8761, MRN 00482913", [("536-22-8761", "SSN"), ("00482913", "MRN")]),
-    (
-        "I owe $120.50 on card 5500 0000 0000 0004 and live at 12 Oak Lane",
-        [("5500 0000 0000 0004", "CARD"), ("12 Oak Lane", "ADDRESS")],
-    ),
-]
+# The corpus lives in tests/data/pii_corpus.yaml (format described there); tests/unit/test_pii_everywhere.py
+# sends the same values through every text path of the pipeline.
+CORPUS_FILE = Path(__file__).resolve().parents[1] / "data" / "pii_corpus.yaml"
 
-NEGATIVES = [
-    "The total was $120.50 and I paid it at 10:30.",
-    "I have 3 claims pending from 2023.",
-    "reference 1234 5678 9012 3456",
-    "the number 4111111111111112 doesn't work",
-    "Thanks so much for your help today.",
-    "I waited 20 minutes on the road.",
-    "The appointment is at 2:45 pm on Tuesday.",
-    "My copay went from $25 to $40 in 2024.",
-    "I called 4 times last week and twice in March.",
-    "Claim 3 of 5 was denied.",
-    "my account balance is $2,500.00",
-    "The deductible is 1500 dollars.",
-    "I'm Sorry, this is Ridiculous.",
-    "Please hold for 5 minutes.",
-    "Can you check my account?",
-    "It happened on March 14, 2024.",
-    "I paid 120.50 on 03/14/2024.",
-    "Version 2.3.1 of the app crashes.",
-    "I need 2 refills of 30 tablets each.",
-    "I was charged 89.99 twice this month.",
-    "I'm Diabetic, so I need the insulin covered.",
-    "This is Blue Shield calling for a prior authorization.",
-    "I need one, two, three, four things.",
-    "I called nine one one last night.",
-    "Order 987654321 never arrived.",
-    "Flight 1234 lands at 5:30.",
-    "I was born in 1962 in Cleveland.",
-    "I live on Oak Street near the hospital.",
-    "Apple Pay isn't working",
-    "how do I cancel Maple Ridge Plus",
-    "",
-]
+
+def load_corpus(path: Path = CORPUS_FILE) -> tuple[list[tuple[str, list[tuple[str, str]], str]], list[str]]:
+    """(cases, negatives): cases are (text, [(raw value, type), ...], style)."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    cases = []
+    for case in data["cases"]:
+        text, items = case["text"], [(raw, etype) for etype, raw in case["pii"]]
+        for raw, etype in items:
+            assert etype in ENTITY_TYPES, f"unknown type {etype!r} in {text!r}"
+            assert text.count(raw) == 1, f"{raw!r} must occur exactly once in {text!r}"
+        cases.append((text, items, case.get("style", "chat")))
+    return cases, list(data["negatives"])
+
+
+CASES, NEGATIVES = load_corpus()
+# (text, [(raw value, expected type), ...]). Each raw value occurs exactly once in its text.
+CORPUS: list[tuple[str, list[tuple[str, str]]]] = [(text, items) for text, items, _ in CASES]
+
+# The structured types of issue 8 ("recall >= 0.95 for e-mail, phone, card, SSN, bank account"); a routing
+# number is the other half of a US bank account.
+STRUCTURED = ("EMAIL", "PHONE", "CARD", "SSN", "BANK_ACCOUNT", "ROUTING_NUMBER")
+MIN_RECALL = 0.95
+MIN_NEGATIVES_KEPT = 0.95  # share of negative texts that come out unchanged
+MIN_CONTEXT_KEPT = 0.98  # share of the non-PII characters of the cases that survive redaction
 
 FLAG_CASES = [
     ("you're a fucking idiot", ("abuse",)),
@@ -226,6 +91,80 @@ def _assert_offsets(result: RedactionResult) -> None:
         prev_end = ent.end
 
 
+def kept_spans(text: str, result: RedactionResult) -> list[list[tuple[int, int]]]:
+    """Which characters of ``text`` the redaction kept, as spans of ``text``.
+
+    The redacted text is ``text`` with disjoint, non-empty spans replaced by ``[TYPE]`` placeholders
+    (``result.entities`` locates them), so the pieces between placeholders are verbatim pieces of ``text``, in
+    order. They are aligned to ``text`` twice, leftmost (lazy gaps) and rightmost (greedy gaps); both
+    alignments are returned, and a value counts as caught only when it is caught under each. A redacted text
+    that is not of that form (kept text altered) raises AssertionError.
+    """
+    pieces, pos = [], 0
+    for ent in result.entities:
+        pieces.append(result.text[pos : ent.start])
+        pos = ent.end
+    pieces.append(result.text[pos:])
+    alignments = []
+    for gap in (r"(.+?)", r"(.+)"):
+        pattern = gap.join(f"({re.escape(p)})" for p in pieces)
+        m = re.fullmatch(pattern, text, re.DOTALL)
+        assert m is not None, f"redaction altered the kept text: {text!r} -> {result.text!r}"
+        alignments.append([m.span(i) for i in range(1, len(pieces) * 2, 2)])
+    return alignments
+
+
+def caught(text: str, raw: str, result: RedactionResult) -> bool:
+    """A value is caught when none of its letters or digits is among the kept characters of the text (under
+    either alignment of ``kept_spans``): a value redacted under another type still counts (it did not leak);
+    a value redacted only in part (the last four digits survive) does not."""
+    start = text.index(raw)
+    sensitive = [i for i in range(start, start + len(raw)) if text[i].isalnum()]
+    return all(not any(s <= i < e for s, e in spans for i in sensitive) for spans in kept_spans(text, result))
+
+
+def measure(detector: PiiDetector) -> dict:
+    """Per-type recall over the corpus, negatives kept, and non-PII characters kept in the cases."""
+    found: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # type -> [caught, total]
+    missed: list[str] = []
+    context_total = context_kept = 0
+    results = detector.redact_batch([t for t, _ in CORPUS])
+    for (text, items), result in zip(CORPUS, results, strict=True):
+        for raw, etype in items:
+            found[etype][1] += 1
+            if caught(text, raw, result):
+                found[etype][0] += 1
+            else:
+                missed.append(f"{etype} {raw!r} in {result.text!r}")
+        pii_chars = {i for raw, _ in items for i in range(text.index(raw), text.index(raw) + len(raw))}
+        kept = {i for s, e in kept_spans(text, result)[0] for i in range(s, e)}
+        context = [i for i in range(len(text)) if text[i].isalnum() and i not in pii_chars]
+        context_total += len(context)
+        context_kept += sum(i in kept for i in context)
+    negatives = detector.redact_batch(NEGATIVES)
+    changed = [f"{t!r} -> {r.text!r}" for t, r in zip(NEGATIVES, negatives, strict=True) if r.text != t]
+    recall = {etype: round(c / n, 4) for etype, (c, n) in sorted(found.items())}
+    return {
+        "recall": recall,
+        "values": {etype: n for etype, (_, n) in sorted(found.items())},
+        "missed": missed,
+        "negatives_kept": round(1 - len(changed) / len(NEGATIVES), 4),
+        "negatives_changed": changed,
+        "context_kept": round(context_kept / context_total, 4),
+    }
+
+
+@pytest.fixture(scope="module")
+def measured(detector: PiiDetector) -> dict:
+    report = measure(detector)
+    print(
+        f"\nPII corpus: {len(CORPUS)} cases, {len(NEGATIVES)} negatives; values per type {report['values']}"
+    )
+    print(f"recall per type: {report['recall']}")
+    print(f"negatives kept: {report['negatives_kept']}; non-PII characters kept: {report['context_kept']}")
+    return report
+
+
 # ------------------------------------------------------------------ interface
 
 
@@ -253,16 +192,57 @@ def test_public_interface():
 
 
 def test_corpus_covers_every_entity_type():
-    covered = {etype for _, items in CORPUS for _, etype in items}
-    assert covered == set(ENTITY_TYPES)
-    assert len(CORPUS) >= 60
+    covered = Counter(etype for _, items in CORPUS for _, etype in items)
+    assert set(covered) == set(ENTITY_TYPES)
+    assert len(CORPUS) >= 150 and len(NEGATIVES) >= 60
+    assert all(covered[etype] >= 20 for etype in STRUCTURED), covered
+    styles = Counter(style for _, _, style in CASES)
+    assert set(styles) == {"chat", "sms", "email", "asr"} and min(styles.values()) >= 10, styles
+    assert sum(len(items) > 1 for _, items in CORPUS) >= 20  # several values in one message
+
+
+# ------------------------------------------------------------------ measured over the whole corpus
+
+
+@pytest.mark.parametrize("etype", STRUCTURED)
+def test_recall_per_structured_type(measured: dict, etype: str):
+    recall = measured["recall"][etype]
+    missed = [m for m in measured["missed"] if m.startswith(f"{etype} ")]
+    assert recall >= MIN_RECALL, (
+        f"{etype} recall {recall} < {MIN_RECALL} over {measured['values'][etype]} values; "
+        f"all types: {measured['recall']}; missed: {missed}"
+    )
+
+
+def test_every_type_is_mostly_caught(measured: dict):
+    assert min(measured["recall"].values()) >= 0.9, measured["recall"]
+
+
+def test_negatives_and_context_survive(measured: dict):
+    assert measured["negatives_kept"] >= MIN_NEGATIVES_KEPT, (
+        f"negatives kept {measured['negatives_kept']} < {MIN_NEGATIVES_KEPT}: {measured['negatives_changed']}"
+    )
+    assert measured["context_kept"] >= MIN_CONTEXT_KEPT, (
+        f"non-PII characters kept {measured['context_kept']} < {MIN_CONTEXT_KEPT}"
+    )
+
+
+def test_caught_is_strict_about_partial_redaction():
+    text = "card 4111 1111 1111 1111 ok"
+    whole = RedactionResult("card [CARD] ok", (PiiSpan("CARD", 5, 11),))
+    partial = RedactionResult("card [CARD] 1111 ok", (PiiSpan("CARD", 5, 11),))
+    other_type = RedactionResult("card [PHONE] ok", (PiiSpan("PHONE", 5, 12),))
+    assert caught(text, "4111 1111 1111 1111", whole)
+    assert not caught(text, "4111 1111 1111 1111", partial)
+    assert caught(text, "4111 1111 1111 1111", other_type)
+    assert not caught(text, "4111 1111 1111 1111", RedactionResult(text, ()))
 
 
 # ------------------------------------------------------------------ corpus
 
 
 @pytest.mark.parametrize(
-    ("text", "items"), CORPUS, ids=[f"{i:02d}-{c[1][0][1]}" for i, c in enumerate(CORPUS)]
+    ("text", "items"), CORPUS, ids=[f"{i:03d}-{c[1][0][1]}" for i, c in enumerate(CORPUS)]
 )
 def test_corpus_redaction(detector: PiiDetector, text: str, items: list[tuple[str, str]]):
     result = detector.redact(text)
