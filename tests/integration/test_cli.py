@@ -33,10 +33,15 @@ def _plain(out: str) -> str:
     return re.sub(r"\x1b\[[\d;]*m", "", out)  # no colours, even when run with -s on a terminal
 
 
+_RAY_LOG = re.compile(r"^(\x1b\[[0-9;]*m)?\((ServeReplica|ServeController|ProxyActor|pid=|raylet|\w+ pid=)")
+
+
 def _json_lines(out: str) -> list[dict]:
-    lines = [line for line in out.splitlines() if line.strip()]
+    """The CLI's JSON lines. The app runs in this test process, so Ray also forwards its workers' log lines
+    (``(ServeReplica:…) INFO …``) to the same stdout; those are not the CLI's output."""
+    lines = [line for line in out.splitlines() if line.strip() and not _RAY_LOG.match(line)]
     assert lines, "nothing printed"
-    return [json.loads(line) for line in lines]  # every line is one JSON event
+    return [json.loads(line) for line in lines]  # every line of the CLI's is one JSON event
 
 
 def _write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
@@ -89,8 +94,8 @@ def test_chat_readable_output_and_several_messages(app, capsys):
 @pytest.mark.parametrize("transport", ["websocket", "grpc"])
 def test_chat_with_a_bad_token_exits_2(app, capsys, transport):
     assert main(["chat", "--url", _url(app, transport), "--token", "not-a-token", "--message", "hi"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: the server refused the token"), err
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not _RAY_LOG.match(line)]
+    assert err and err[0].startswith("error: the server refused the token"), err
 
 
 def test_interactive_chat_reads_stdin(app):

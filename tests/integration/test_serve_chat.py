@@ -278,10 +278,18 @@ async def test_no_raw_pii_in_any_event_log_line_or_database_row(app, pg_session_
         for table in meta.sorted_tables:
             dump.extend(str(row) for row in conn.execute(table.select()))
     engine.dispose()
-    stored = "\n".join(dump)
-    assert "[EMAIL]" in stored and "[CARD]" in stored
+    at_rest = "\n".join(dump)
     for value in RAW_VALUES:
-        assert value not in stored
+        assert value not in at_rest
+    # the transcript and events, opened with the tenant's data key: redacted text, never the raw values
+    session_id = seen[0]["session_id"]
+    opened = json.dumps(
+        [stored(app.settings, "utterances", session_id, "demo"), stored(app.settings, "events", session_id, "demo")],
+        default=str,
+    )
+    assert "[EMAIL]" in opened and "[CARD]" in opened and "[EMAIL]" not in at_rest  # sealed at rest
+    for value in RAW_VALUES:
+        assert value not in opened
 
     # 3. every log line Ray and the replicas wrote in this session
     import ray

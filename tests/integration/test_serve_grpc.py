@@ -4,7 +4,6 @@ against the real Serve app: the same events, field names, error codes and storag
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 import sqlalchemy
 
 from serve.client import GrpcSessionClient, SessionClient, connect, watch_events
+from tests.integration.conftest import stored as stored_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -132,11 +132,16 @@ async def test_a_grpc_chat_session_carries_the_websocket_events(app):
             await asyncio.sleep(0.5)
     finally:
         engine.dispose()
-    assert [tuple(u) for u in utterances] == [(utterance, "customer", MESSAGE, "m-1")]
+    assert [(u.id, u.speaker, u.message_id) for u in utterances] == [(utterance, "customer", "m-1")]
+    assert utterances[0].text.startswith("enc1:") and MESSAGE not in utterances[0].text  # sealed at rest
+    opened = stored_rows(app.settings, "utterances", session_id)
+    assert [(u["id"], u["speaker"], u["text"], u["message_id"]) for u in opened] == [
+        (utterance, "customer", MESSAGE, "m-1")
+    ]
     assert status is not None and tuple(status) == ("ended", "chat", "demo")
     types = [row.type for row in stored]
     assert ANALYSIS <= set(types), types
-    payloads = [row.payload if isinstance(row.payload, dict) else json.loads(row.payload) for row in stored]
+    payloads = stored_rows(app.settings, "events", session_id)
     stored_final = next(p for p in payloads if p["type"] == "transcript.final")
     assert stored_final["utterance_id"] == utterance and stored_final["text"] == MESSAGE
 
