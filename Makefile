@@ -66,7 +66,7 @@ lint: $(STAMP) ## ruff
 
 test: $(STAMP) ## lint + the whole test suite (unit + integration against real Ray, PostgreSQL, Redis)
 	@$(VENV)/bin/ruff check .
-	@$(PY) -m pytest -ra
+	@$(PY) -m pytest -ra --durations=15
 
 bench: index ## chat load benchmark (50 sessions), JSON on stdout
 	@$(PY) benchmarks/chat_load.py --start
