@@ -38,6 +38,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError, SQLAlchemyError
 
+from .errors import SwitchboardError
+
 __all__ = [
     "SessionStore",
     "SessionRow",
@@ -51,6 +53,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("switchboard.storage")
+
+
+class StoreUnavailable(SwitchboardError):
+    """A read that needs the database while it is down (writes are queued meanwhile, never dropped)."""
+
+    code = "store_unavailable"
 
 metadata = MetaData()
 
@@ -212,9 +220,18 @@ class SessionStore:
     """Async facade over a sync SQLAlchemy engine with a write-behind queue."""
 
     def __init__(
-        self, url: str, *, batch_size: int = 256, max_backoff_s: float = 5.0, keyring: Any | None = None
+        self,
+        url: str,
+        *,
+        batch_size: int = 256,
+        max_backoff_s: float = 5.0,
+        keyring: Any | None = None,
+        read_wait_s: float = 10.0,
     ) -> None:
         self.url = url
+        # a read waits for the writes queued before it; while the database is down it gives up after this
+        # long with `store_unavailable` (retryable) instead of hanging the caller
+        self.read_wait_s = read_wait_s
         self.engine = make_engine(url)
         # pipelines.keys.KeyRing: transcripts and event payloads are sealed with the tenant's data key
         # (in the writer thread, just before they are written) and opened on the way back
@@ -443,11 +460,23 @@ class SessionStore:
 
     # ------------------------------------------------------------ reads (tenant-scoped)
 
+    async def _caught_up(self) -> None:
+        """Wait (at most ``read_wait_s``) until the writes queued so far have landed, so a read sees them."""
+        if self._task is None:
+            raise RuntimeError("SessionStore.start() was not called")
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.read_wait_s)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the session store is not reachable ({len(self._pending)} writes queued, none lost); "
+                "try again shortly",
+            ) from None
+
     async def _session_rows(
         self, table: Table, tenant: str, session_id: str, order: Any
     ) -> list[dict[str, Any]]:
         """Every row of ``table`` for one session of one tenant, after the queued writes have landed."""
-        await self.flush()
+        await self._caught_up()
 
         def _read() -> list[dict[str, Any]]:
             with self.engine.connect() as conn:
@@ -464,7 +493,7 @@ class SessionStore:
         return await self._session_rows(recordings, tenant, session_id, recordings.c.part)
 
     async def get_session(self, tenant: str, session_id: str) -> SessionRow | None:
-        await self.flush()
+        await self._caught_up()
 
         def _read() -> SessionRow | None:
             with self.engine.connect() as conn:

@@ -37,7 +37,7 @@ import websockets
 from pipelines.events import SessionStart
 from pipelines.review import ReviewQueue, load_or_create_key
 from pipelines.session import Pipeline
-from pipelines.storage import SessionStore
+from pipelines.storage import SessionStore, StoreUnavailable
 from serve.client import SessionClient
 from tests.conftest import PG_ADMIN_URL
 from tests.fakes import Recorder
@@ -123,12 +123,15 @@ async def test_database_unavailable_mid_session_writes_queued_then_flushed(
         assert store.write_failures > 0 and store.backlog > 0
         backlog = store.backlog
 
-        # degraded reads: they wait for the queued writes, so they do not return while the database is down
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(store.transcript("demo", state.session_id), 2.0)
+        # degraded reads: they wait (bounded) for the queued writes, then say so with a retryable code
+        store.read_wait_s = 1.0
+        with pytest.raises(StoreUnavailable) as unavailable:
+            await asyncio.wait_for(store.transcript("demo", state.session_id), 10.0)
+        assert unavailable.value.code == "store_unavailable" and unavailable.value.retryable
         resume = SessionStart(channel="chat", customer_id="c-fault", session_id=state.session_id)
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(pipeline.start_session("demo", resume), 2.0)
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(pipeline.start_session("demo", resume), 10.0)
+        store.read_wait_s = 10.0
         # the session end waits until its transcript is durable (session.ended is sent only then)
         ending = asyncio.ensure_future(pipeline.end_session(other, rec2))
         await asyncio.sleep(1.0)
