@@ -425,6 +425,31 @@ class Settings(BaseSettings):
         description="API keys for server-to-server webhooks (YAML or JSON list of `{id, tenant, role, sha256}`; "
         "only hashes; `python -m serve.auth new-key` makes one). Re-read when it changes. Unset: no API keys.",
     )
+    # ---- observability (pipelines/metrics.py, pipelines/logs.py, pipelines/tracing.py)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Level of the `switchboard.*` loggers."
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="`json`: one JSON object per line (time, level, logger, message, session_id, tenant, trace_id, "
+        "span_id); `text`: plain lines.",
+    )
+    trace_exporter: Literal["console", "otlp", "none"] = Field(
+        default="none",
+        description="Where OpenTelemetry spans go: `console` (stdout; what `make serve` uses unless this is set), "
+        "`otlp` (to `otlp_endpoint`) or `none` (spans still give log lines their trace ids; nothing is exported).",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/gRPC collector for `trace_exporter: otlp` (`http://otel-collector:4317`). Unset: the "
+        "OpenTelemetry default (`OTEL_EXPORTER_OTLP_ENDPOINT`, else localhost:4317).",
+    )
+    trace_sample_ratio: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of sessions traced (a session's spans are kept or dropped together).",
+    )
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import metrics
 from .crm import CaseRef, CrmConnector, CustomerContext
 from .events import ErrorEvent, Escalation, Routing
 from .routing import Router, RoutingDecision
@@ -57,17 +58,32 @@ class Handoff:
         if await self.router.state.get_assignment(tenant, session_id) is not None:
             return None
         decision = await self.router.route(session_id, tenant, escalation.queue, escalation.priority)
+        await self.observe_queue(tenant, decision.queue)
         return routing_event(decision, escalation.utterance_id)
 
     async def release(self, tenant: str, session_id: str, handle_time_s: float) -> None:
         """The conversation is over: free its agent's seat, or take it out of its queue."""
         held = await self.router.state.get_assignment(tenant, session_id)
         if held is None:
-            await self.router.state.remove(tenant, session_id)
+            waiting = await self.router.state.remove(tenant, session_id)
+            if waiting is not None:
+                await self.observe_queue(tenant, waiting.queue)
             return
         nxt = await self.router.finish(tenant, session_id, held.agent_id, handle_time_s)
-        if nxt is not None and self.on_dispatch is not None:
-            await self.on_dispatch(tenant, nxt)
+        if nxt is not None:
+            await self.observe_queue(tenant, nxt.queue)
+            if self.on_dispatch is not None:
+                await self.on_dispatch(tenant, nxt)
+
+    async def observe_queue(self, tenant: str, queue: str) -> None:
+        """Update the queue-depth gauge after a conversation joined or left ``queue`` (routing state is shared
+        by every replica: each reports the depth it last saw; dashboards take the max)."""
+        try:
+            depth = len(await self.router.state.queue_entries(tenant, queue))
+        except Exception as exc:  # a gauge is never worth failing a hand-off
+            log.warning("queue depth unavailable (%s)", type(exc).__name__)
+            return
+        metrics.set_queue_depth(tenant, queue, depth)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 from models.asr.base import Word
 from models.generation.grounding import DEFAULT_TEMPLATE, PromptTemplate
 
+from . import metrics, tracing
 from .analytics import CallSignals, quality_summary
 from .config import Settings
 from .crm import CrmConnector, NullCrm
@@ -38,6 +39,7 @@ from .events import (
     new_id,
 )
 from .handoff import CrmSession, CrmSync, Handoff
+from .logs import bind_session
 from .metrics import count_feedback, count_prediction, count_shadow
 from .ports import FeaturePort, ModelPorts
 from .review import ReviewQueue
@@ -86,6 +88,7 @@ class SessionState:
     crm: CrmSession = field(default_factory=CrmSession)  # CRM context, case and notes
     routed: bool = False  # an escalation was routed to a human agent (a seat or a queue place to release)
     routed_at: float = 0.0  # time.time() of the last routing
+    span: Any = None  # the session's root trace span (pipelines/tracing.py), ended with the session
 
     async def customer_features(self) -> Any:
         """The online features (None when no feature store is configured). The read started at session start;
@@ -197,6 +200,12 @@ class Pipeline:
             started = SessionStarted(
                 session_id=state.session_id, tenant=tenant, channel=start.channel, variant=state.variant
             )
+        state.span = tracing.start_span(
+            "session", session_id=state.session_id, tenant=tenant, channel=state.channel, resumed=bool(start.session_id)
+        )
+        bind_session(state.session_id, tenant)
+        metrics.session_started(tenant, state.channel)
+        metrics.count_event("session.start", tenant, state.channel)
         state.crm = self.crm.start(tenant, state.customer_id)
         if self.features is not None:
             port, customer = self.features, state.customer_id
@@ -208,10 +217,20 @@ class Pipeline:
     async def end_session(
         self, state: SessionState, emit: Emit | None, *, status: str = "ended"
     ) -> SessionEnded:
+        try:
+            with tracing.span("session.end", parent=state.span, status=status):
+                return await self._end_session(state, emit, status)
+        finally:
+            span, state.span = state.span, None
+            if span is not None:
+                span.end()
+
+    async def _end_session(self, state: SessionState, emit: Emit | None, status: str) -> SessionEnded:
         if state.generating:  # replies being written finish (or hit their own budget) before the summary
             await asyncio.wait(set(state.generating), timeout=self.settings.generation_timeout_s + 5.0)
         state.ended = True
         duration = state.clock()
+        metrics.session_ended(state.tenant, state.channel, status, duration)
         summary: dict[str, Any] = {
             "turns": state.turns,
             "escalations": state.escalations,
@@ -292,12 +311,15 @@ class Pipeline:
     # ------------------------------------------------------------ events in
 
     async def handle(self, state: SessionState, event: _Event, emit: Emit) -> None:
-        if isinstance(event, ChatMessage):
-            await self.handle_message(state, event, emit)
-        elif isinstance(event, SuggestionFeedback):
-            await self.handle_feedback(state, event, emit)
-        else:
-            raise ProtocolError(f"{getattr(event, 'type', event)!r} is not valid here", code="invalid_event")
+        bind_session(state.session_id, state.tenant)
+        metrics.count_event(event.type, state.tenant, state.channel)
+        with tracing.span(f"event {event.type}", parent=state.span, session_id=state.session_id):
+            if isinstance(event, ChatMessage):
+                await self.handle_message(state, event, emit)
+            elif isinstance(event, SuggestionFeedback):
+                await self.handle_feedback(state, event, emit)
+            else:
+                raise ProtocolError(f"{getattr(event, 'type', event)!r} is not valid here", code="invalid_event")
 
     async def handle_message(self, state: SessionState, msg: ChatMessage, emit: Emit) -> None:
         at = state.clock()
@@ -376,21 +398,19 @@ class Pipeline:
             start_s=start,
             end_s=end,
         )
-        await self.publish(
-            state,
-            emit,
-            TranscriptFinal(
-                utterance_id=turn.utterance_id,
-                text=turn.redacted,
-                speaker=turn.speaker,
-                start=start,
-                end=end,
-                confidence=round(min(1.0, max(0.0, confidence)), 4),
-                latency_ms=round((time.perf_counter() - (latency_from or turn.received_at)) * 1000.0, 2),
-                message_id=turn.message_id,
-                words=align_words(words, turn.redacted, offset=start) if words else None,
-            ),
+        final = TranscriptFinal(
+            utterance_id=turn.utterance_id,
+            text=turn.redacted,
+            speaker=turn.speaker,
+            start=start,
+            end=end,
+            confidence=round(min(1.0, max(0.0, confidence)), 4),
+            latency_ms=round((time.perf_counter() - (latency_from or turn.received_at)) * 1000.0, 2),
+            message_id=turn.message_id,
+            words=align_words(words, turn.redacted, offset=start) if words else None,
         )
+        turn.timings_ms["transcript"] = final.latency_ms  # voice: end of speech → final (the transcription SLO)
+        await self.publish(state, emit, final)
         for ev in redaction:
             await self.publish(state, emit, ev)
         line = self.crm.line(state.crm, turn.speaker, turn.redacted)
@@ -410,11 +430,15 @@ class Pipeline:
     async def analyse(self, state: SessionState, turn: Turn, emit: Emit) -> None:
         """Sentiment ∥ planner → assist → escalation for a finalized customer turn."""
         state.turns += 1
+        metrics.count_turn(state.tenant, state.channel)
         sentiment_events, planner_events = await asyncio.gather(
             self._run(self.sentiment, turn, state, emit), self._run(self.planner, turn, state, emit)
         )
         if turn.sentiment is not None:
             state.sentiment_sum += turn.sentiment.score
+            metrics.observe_sentiment(
+                turn.sentiment.score, turn.sentiment.label, state.tenant, state.channel, turn.sentiment.model
+            )
             state.negative_streak = state.negative_streak + 1 if turn.sentiment.label == "negative" else 0
         for ev in [*sentiment_events, *planner_events]:
             await self.publish(state, emit, ev)
@@ -425,6 +449,9 @@ class Pipeline:
         for ev in await self._run(self.assist, turn, state, emit):
             if isinstance(ev, Suggestion):
                 state.signals.suggestions += 1
+                metrics.observe_assist(
+                    ev.latency_ms, state.tenant, state.channel, ev.reranker or "faiss", ev.source
+                )
                 if self.writer.wanted(state, turn.hits):
                     ev = ev.model_copy(update={"final": False})
                     self._start_generation(state, turn, ev, emit)
@@ -435,6 +462,7 @@ class Pipeline:
         for ev in await self._run(self.escalation_for(state.tenant), turn, state, emit):
             if isinstance(ev, Escalation):
                 state.escalations += 1
+                metrics.count_escalation(state.tenant, state.channel, ev.queue, ev.priority)
                 state.signals.escalation_priorities.append(ev.priority)
                 self.store.add_escalation(
                     session_id=state.session_id,
@@ -489,6 +517,10 @@ class Pipeline:
         async def publish(ev: Any) -> None:
             if isinstance(ev, Suggestion):
                 self._final_suggestion(state, ev)
+                if ev.final is not False:
+                    metrics.observe_generation(
+                        ev.latency_ms, state.tenant, state.channel, ev.model or "none", ev.source
+                    )
             try:
                 await self.publish(state, emit, ev)
             except Exception:  # the client went away: the reply is in the session log all the same
@@ -593,4 +625,6 @@ class Pipeline:
     async def publish(self, state: SessionState, emit: Emit, event: _Event) -> None:
         """Record the event in the session log, then send it."""
         self._record(state, event)
+        if isinstance(event, ErrorEvent):
+            metrics.count_error(event.code, event.retryable, state.tenant, state.channel)
         await emit(event)

@@ -29,6 +29,7 @@ import numpy as np
 
 from models.asr.base import SAMPLE_RATE
 
+from . import metrics, tracing
 from .audio import AudioDecoder
 from .events import ErrorEvent, TranscriptPartial, new_id
 
@@ -215,7 +216,7 @@ class VoiceSession:
             ch.utterance_id or "",
             ch.seg_start or 0.0,
             end,
-            asyncio.create_task(self.asr.transcribe(audio, "final")),
+            asyncio.create_task(self._transcribe_final(audio)),
             embedding,
         )
 
@@ -272,7 +273,8 @@ class VoiceSession:
         if uid is None or audio.size < SAMPLE_RATE // 4:
             return
         key = f"{self.state.session_id}/{ch.index}"
-        await self._send_partial(ch, uid, start, end, seq, self.asr.transcribe(audio, "partial", key))
+        with tracing.span("partial", parent=self.state.span, utterance_id=uid):
+            await self._send_partial(ch, uid, start, end, seq, self.asr.transcribe(audio, "partial", key))
 
     async def _partial_from(self, ch: _Channel, spec: _Speculation, seq: int) -> None:
         await self._send_partial(ch, spec.utterance_id, spec.start, spec.end, seq, spec.transcript)
@@ -352,7 +354,7 @@ class VoiceSession:
                     pass
             while result is None:
                 try:
-                    result = await self.asr.transcribe(segment.audio, "final")
+                    result = await self._transcribe_final(segment.audio)
                     break
                 except asyncio.CancelledError:
                     raise
@@ -386,29 +388,52 @@ class VoiceSession:
                     embedding.add_done_callback(_consume)
                 if text:
                     speaker = await self._speaker_for(ch, embedding)
-                    turn = await self.pipeline.finalize_utterance(
-                        self.state,
-                        self.emit,
-                        raw_text=text,
-                        speaker=speaker,
-                        start=segment.start,
-                        end=segment.end,
-                        confidence=result.confidence,
-                        received_at=time.perf_counter(),
-                        utterance_id=segment.utterance_id,
-                        latency_from=segment.speech_end_wall,
-                        words=result.words,
-                    )
+                    with tracing.span("utterance", parent=self.state.span, utterance_id=segment.utterance_id):
+                        turn = await self.pipeline.finalize_utterance(
+                            self.state,
+                            self.emit,
+                            raw_text=text,
+                            speaker=speaker,
+                            start=segment.start,
+                            end=segment.end,
+                            confidence=result.confidence,
+                            received_at=time.perf_counter(),
+                            utterance_id=segment.utterance_id,
+                            latency_from=segment.speech_end_wall,
+                            words=result.words,
+                        )
+                    if turn is not None:
+                        metrics.observe_transcription(
+                            turn.timings_ms["transcript"], self.state.tenant, self.state.channel, self._model(result)
+                        )
                     if turn is not None and speaker not in self._agent_labels:
                         # analysed in order, without holding up the next final
                         self._analysis.put_nowait(turn)
             except Exception as exc:  # one utterance must not stop the worker
                 log.error("processing a final failed (%s)", type(exc).__name__)
 
+    async def _transcribe_final(self, audio: np.ndarray) -> Any:
+        """A final transcription, timed for the ASR real-time factor (processing seconds / audio seconds)."""
+        started = time.perf_counter()
+        with tracing.span("transcribe", parent=self.state.span):
+            result = await self.asr.transcribe(audio, "final")
+        metrics.observe_asr(
+            audio.size / SAMPLE_RATE,
+            time.perf_counter() - started,
+            self.state.tenant,
+            self.state.channel,
+            self._model(result),
+        )
+        return result
+
+    def _model(self, result: Any) -> str:
+        return getattr(result, "model", None) or self.settings.asr_final_model
+
     async def _analysis_worker(self) -> None:
         while (turn := await self._analysis.get()) is not None:
             try:
-                await self.pipeline.analyse(self.state, turn, self.emit)
+                with tracing.span("utterance.analysis", parent=self.state.span, utterance_id=turn.utterance_id):
+                    await self.pipeline.analyse(self.state, turn, self.emit)
             except Exception as exc:  # analysis of one turn must not stop the next
                 log.error("analysing a final failed (%s)", type(exc).__name__)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
+from pipelines import metrics
 from pipelines.errors import ProtocolError, SwitchboardError
 from pipelines.events import (
     CLIENT_TYPES,
@@ -117,6 +118,8 @@ class SessionConnection:
         if self.state is not None and not self.state.ended:
             await self.ingress.pipeline.publish(self.state, self.emit, event)  # stored with the session too
         else:
+            channel = self.state.channel if self.state is not None else None
+            metrics.count_error(event.code, event.retryable, self.principal.tenant, channel)
             await self.transport.send(event)
 
     async def run(self) -> None:
@@ -239,7 +242,11 @@ class WatchConnection:
         hub, tenant = self.ingress.hub, self.principal.tenant
         live = hub.get(tenant, self.session_id)
         if live is None or live.ended:
-            await self._replay(tenant)
+            try:
+                await self._replay(tenant)
+            except SwitchboardError as exc:  # e.g. the store is down: say so, retryable
+                await self.transport.send(exc.to_event())
+                await self.transport.close(1011, exc.code)
             return
         if not await self._audited("session.watch", events=len(live.log)):
             return

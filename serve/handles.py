@@ -1,5 +1,9 @@
 """Adapts Ray Serve deployment handles to the model ports the pipeline uses: ``await port.redact(text)``
-becomes ``await handle.redact.remote(text)``."""
+becomes ``await handle.redact.remote(text)``.
+
+Every call is a client span ``deployment <name>.<method>`` (a child of the current stage or event span). With
+Ray Serve's tracing hook on (``serve.run`` sets it when ``trace_exporter`` is not ``none``), Serve carries that
+span's context to the replica, whose ``replica_handle_request`` span descends from it."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 
+from pipelines import tracing
 from pipelines.ports import ModelPorts
 
 __all__ = ["HandlePort", "GeneratorHandlePort", "handle_ports"]
@@ -21,9 +26,11 @@ class HandlePort:
         if method.startswith("_"):
             raise AttributeError(method)
         bound = getattr(self._handle, method)
+        name = f"deployment {self._handle.deployment_name}.{method}"
 
         async def call(*args: Any) -> Any:
-            return await bound.remote(*args)
+            with tracing.span(name, kind=tracing.SpanKind.CLIENT, deployment=self._handle.deployment_name):
+                return await bound.remote(*args)
 
         return call
 
@@ -33,9 +40,24 @@ class GeneratorHandlePort:
 
     def __init__(self, handle: DeploymentHandle) -> None:
         self._stream = handle.options(stream=True)
+        self._name = handle.deployment_name
 
-    def stream(self, request: Any) -> Any:
-        return self._stream.stream.remote(request)
+    async def stream(self, request: Any) -> Any:
+        # the span is made current only while the request is sent (Serve takes the trace context then); it is
+        # ended, not detached, when the stream stops, so a consumer that stops early leaves no context behind
+        span = tracing.start_span(
+            f"deployment {self._name}.stream", kind=tracing.SpanKind.CLIENT, deployment=self._name
+        )
+        try:
+            with tracing.use_span(span):
+                response = self._stream.stream.remote(request)
+            async for chunk in response:
+                yield chunk
+        except Exception as exc:
+            span.set_status(tracing.error_status(exc))
+            raise
+        finally:
+            span.end()
 
 
 def handle_ports(

@@ -19,6 +19,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from pipelines import logs, metrics, tracing
 from pipelines.audio import AudioDecoder, BadAudio
 from pipelines.audit import AuditError, AuditLog, actor_for
 from pipelines.channels import outbound_from_settings, parse_email, parse_inbound_sms, twiml_message
@@ -131,6 +132,8 @@ class Ingress:
         generator: DeploymentHandle | None = None,
     ) -> None:
         self.settings = Settings(**settings)
+        logs.install(self.settings)  # JSON lines with session and trace ids (pipelines/logs.py)
+        tracing.configure(self.settings)  # kept as is when Ray Serve's tracing hook installed it
         self.auth = TokenAuthority.from_settings(self.settings)  # dev tokens (local), JWTs, API keys
         self._handles = {
             "guardrail": guardrail,
@@ -248,6 +251,7 @@ class Ingress:
 
     async def _dispatched(self, tenant: str, decision: Any) -> None:
         """A waiting conversation was given to an agent who became free: tell its customer (if it is here)."""
+        await self.pipeline.handoff.observe_queue(tenant, decision.queue)
         live = self.hub.get(tenant, decision.session_id)
         if live is not None and not live.ended:
             await self.pipeline.publish(live.state, live.emit, routing_event(decision))
@@ -271,6 +275,13 @@ class Ingress:
             await self.store.close()
 
     # ------------------------------------------------------------ HTTP
+
+    @app.get("/metrics")
+    async def prometheus_metrics(self) -> Response:
+        """This replica's metrics as Prometheus text (no credentials, as Prometheus expects; the labels are
+        tenant, channel, model, stage, queue and error code only: no session, customer or text). The cluster's
+        view is Ray's metrics port on every node (the same metrics, prefixed ``ray_``)."""
+        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
@@ -390,6 +401,7 @@ class Ingress:
             principal.require(action)
             return principal
         except AuthError as exc:
+            metrics.count_error(exc.code, exc.retryable, None, None)
             await transport.send(exc.to_event())
             await transport.close(_POLICY_VIOLATION, exc.code)
             return None

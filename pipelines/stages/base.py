@@ -9,13 +9,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .. import metrics, tracing
+
 if TYPE_CHECKING:
     import numpy as np
 
     from ..events import _Event
     from ..session import SessionState
 
-__all__ = ["Turn", "Stage", "StageStats"]
+__all__ = ["Turn", "Stage", "StageStats", "served_by"]
 
 log = logging.getLogger("switchboard.pipeline")
 
@@ -72,20 +74,36 @@ class Stage:
     async def run(self, turn: Turn, state: SessionState) -> list[_Event]:
         start = time.perf_counter()
         self.stats.calls += 1
-        try:
-            return await asyncio.wait_for(self.process(turn, state), self.timeout_s)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # every failure goes through the stage's declared fallback
-            self.stats.fallbacks += 1
-            log.warning(
-                "stage %s failed (%s), using fallback",
-                self.name,
-                type(exc).__name__,
-                extra={"session_id": state.session_id, "utterance_id": turn.utterance_id},
-            )
-            return await self.fallback(turn, state, exc)
-        finally:
-            elapsed = (time.perf_counter() - start) * 1000.0
-            turn.timings_ms[self.name] = round(elapsed, 3)
-            self.stats.total_ms += elapsed
+        fell_back = False
+        with tracing.span(f"stage {self.name}", stage=self.name, utterance_id=turn.utterance_id) as span:
+            try:
+                return await asyncio.wait_for(self.process(turn, state), self.timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure goes through the stage's declared fallback
+                self.stats.fallbacks += 1
+                fell_back = True
+                span.set_attribute("switchboard.fallback", type(exc).__name__)
+                log.warning(
+                    "stage %s failed (%s), using fallback",
+                    self.name,
+                    type(exc).__name__,
+                    extra={"session_id": state.session_id, "utterance_id": turn.utterance_id},
+                )
+                return await self.fallback(turn, state, exc)
+            finally:
+                elapsed = (time.perf_counter() - start) * 1000.0
+                turn.timings_ms[self.name] = round(elapsed, 3)
+                self.stats.total_ms += elapsed
+                model = served_by(turn.predictions.get(self.name))
+                span.set_attribute("switchboard.model", model)
+                metrics.observe_stage(
+                    self.name, elapsed, state.tenant, state.channel, model, fallback=fell_back
+                )
+
+
+def served_by(prediction: Any) -> str:
+    """The model label of a stage's result: name@version (or ``rules``), the reranker for assist, else ``none``."""
+    if prediction is None:
+        return "none"
+    return getattr(prediction, "model", None) or getattr(prediction, "reranker", None) or "faiss"
