@@ -13,6 +13,7 @@ from ray import serve
 
 from models.generation.base import GenerationError
 from models.text.redaction import PiiDetectionError, RedactionResult
+from pipelines import logs, tracing
 from pipelines.asr_queue import AsrQueue
 from pipelines.backends import (
     build_asr,
@@ -46,9 +47,18 @@ _BATCH = dict(max_batch_size=32, batch_wait_timeout_s=0.002)
 class _ModelDeployment:
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = Settings(**settings)
+        logs.install(self.settings)
+        tracing.configure(self.settings)  # Ray Serve's tracing hook (if on) installed it already: kept
 
     async def ready(self) -> str:
         return type(self).__name__
+
+    async def check_health(self) -> None:
+        """Serve calls this every ``health_check_period_s`` (cluster/serve-gpu.yaml); raising marks the replica
+        unhealthy in `serve status` and the dashboard, and Serve replaces it. State checks only: an inference here
+        would queue behind the replica's batches and fail a busy, healthy replica under load."""
+        if getattr(self, "model", None) is None:
+            raise RuntimeError(f"{type(self).__name__}: no model loaded")
 
 
 @serve.deployment(name="guardrail", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.2})
@@ -193,6 +203,10 @@ class Asr(_ModelDeployment):
     async def transcribe(self, audio: np.ndarray, role: str, key: str | None = None) -> Any:
         return await self.queue.transcribe(audio, role, key)
 
+    async def check_health(self) -> None:
+        """The engines loaded and warmed up in ``__init__``; the queue's workers live per call and a failing
+        backend falls back to the next one, so nothing here can go bad without the actor dying."""
+
 
 @serve.deployment(name="speaker_embedder", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.2})
 class SpeakerEmbedder(_ModelDeployment):
@@ -241,6 +255,14 @@ class ResponseGenerator(_ModelDeployment):
 
     async def models(self) -> dict[str, str]:
         return {"champion": self.model.name if self.model is not None else f"unavailable: {self.load_error}"}
+
+    async def check_health(self) -> None:
+        """A vLLM engine that died fails the check, so Serve replaces the replica (sessions get articles until the
+        new engine is up). A model that never loaded does not: the replica stays up on purpose (see above) and
+        `/v1/models` says why."""
+        engine = getattr(self.model, "engine", None)  # VllmGenerator's AsyncLLM; None for the other backends
+        if engine is not None and hasattr(engine, "check_health"):
+            await engine.check_health()  # raises EngineDeadError
 
     async def __del__(self) -> None:
         if self.model is not None:

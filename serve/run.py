@@ -48,7 +48,11 @@ def _say(msg: str) -> None:
 
 
 def _prepare(
-    config_path: Path, overrides: dict[str, Any], port: int | None, grpc_port: int | None = None
+    config_path: Path,
+    overrides: dict[str, Any],
+    port: int | None,
+    grpc_port: int | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> tuple[dict, Settings, str]:
     from pipelines.indexing import build_index
 
@@ -56,7 +60,7 @@ def _prepare(
 
     config = copy.deepcopy(yaml.safe_load(config_path.read_text()))
     app = config["applications"][0]
-    merged = {**(app.get("args") or {}).get("settings", {}), **overrides}
+    merged = {**(defaults or {}), **(app.get("args") or {}).get("settings", {}), **overrides}
     settings = Settings(**merged)
     # Replicas may start in another working directory: pin every local path.
     absolute = {"data_dir": Path(settings.data_dir).resolve()}
@@ -124,8 +128,12 @@ def launch(
     grpc_port: int | None = None,
     dashboard: bool = True,
     timeout_s: float = 600.0,
+    defaults: dict[str, Any] | None = None,
+    address: str | None = None,
 ) -> Running:
-    """Start local Ray + Serve with the config file and wait until healthy."""
+    """Start local Ray + Serve with the config file and wait until healthy. ``defaults`` are settings the
+    config file and ``settings`` override (``make serve``: traces to the console). ``address`` (``HOST:PORT`` of
+    a running cluster's head): deploy there instead of starting a local Ray."""
     import ray
     from ray.serve._private import api as serve_api
     from ray.serve.config import gRPCOptions
@@ -134,12 +142,13 @@ def launch(
     from .protos import build as build_protos
 
     build_protos()  # the switchboard.v1 gRPC code, if `make install` did not generate it yet
-    config, resolved, token = _prepare(Path(config_path), settings or {}, port, grpc_port)
+    config, resolved, token = _prepare(Path(config_path), settings or {}, port, grpc_port, defaults)
     schema = ServeDeploySchema.model_validate(config)
     os.environ.setdefault("RAY_worker_niceness", "0")
     if not ray.is_initialized():
-        _say("starting Ray (local)")
+        _say(f"connecting to Ray at {address}" if address else "starting Ray (local)")
         ray.init(
+            address=address,
             namespace="serve",
             include_dashboard=dashboard,
             configure_logging=False,
@@ -150,6 +159,7 @@ def launch(
         http_options=schema.http_options.model_dump(),
         proxy_location=schema.proxy_location,
         grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
+        global_tracing_config=_serve_tracing(resolved),
     )
     client.deploy_apps(schema, _blocking=False)
     host = schema.http_options.host
@@ -165,6 +175,19 @@ def launch(
         settings=resolved,
         grpc_target=f"{host}:{schema.grpc_options.port}",
     )
+
+
+def _serve_tracing(settings: Settings) -> Any:
+    """Ray Serve's tracing, on when spans are exported: it carries each handle call's trace context into the
+    replica (its ``replica_handle_request`` span joins the session's trace). Its hook installs the provider
+    only; each deployment adds the exporters from its settings (``pipelines.tracing.configure``)."""
+    from ray.serve.schema import TracingConfig
+
+    from pipelines.tracing import SERVE_HOOK
+
+    if settings.trace_exporter == "none":
+        return None
+    return TracingConfig(enabled=True, exporter_import_path=SERVE_HOOK, sampling_ratio=settings.trace_sample_ratio)
 
 
 def shutdown() -> None:
@@ -185,8 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help="override the HTTP port in the config")
     parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     args = parser.parse_args(argv)
+    from pipelines import logs
+
+    logs.install(Settings())  # this process's own `switchboard.*` lines as JSON (the replicas install theirs)
+    # `make serve`: spans to the console unless SWITCHBOARD_TRACE_EXPORTER or the config file chose otherwise
+    defaults = {} if "SWITCHBOARD_TRACE_EXPORTER" in os.environ else {"trace_exporter": "console"}
     try:
-        running = launch(args.config, port=args.port, dashboard=not args.no_dashboard)
+        running = launch(args.config, port=args.port, dashboard=not args.no_dashboard, defaults=defaults)
     except (FileNotFoundError, TimeoutError, RuntimeError, ValueError) as exc:
         _say(f"could not start: {exc}")
         shutdown()
@@ -197,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "\nswitchboard is up\n"
         f"  websocket : {running.ws_url}\n"
         f"  health    : {running.http_url}/healthz\n"
+        f"  metrics   : {running.http_url}/metrics  (this replica; the cluster: Ray's metrics export port, ray_* names)\n"
         f"  gRPC      : {running.grpc_target}  (Riva-compatible nvidia.riva.asr.RivaSpeechRecognition)\n"
         f"  dev token : {running.token}   (role agent; also in {token_file})\n"
         f"  desktop   : {running.http_url}/desktop?token={running.token}\n"
