@@ -67,14 +67,27 @@ def unbind_session(token: contextvars.Token) -> None:
     _session.reset(token)
 
 
+_FACTORY_FIELDS: dict[int, frozenset[str]] = {}
+
+
+def _factory_fields() -> frozenset[str]:
+    """Attributes the installed record factory puts on every record (vLLM adds ``vllm_process_name``)."""
+    factory = logging.getLogRecordFactory()
+    fields = _FACTORY_FIELDS.get(id(factory))
+    if fields is None:
+        fields = _FACTORY_FIELDS[id(factory)] = frozenset(factory("", 0, "", 0, "", None, None).__dict__)
+    return fields
+
+
 class ExtraFilter(logging.Filter):
     """Drops ``extra`` fields that are not allow-listed (their names are kept in ``dropped_extra``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        known = _STANDARD | _factory_fields()  # what every record carries, not an `extra` of ours
         dropped = [
             k
             for k in record.__dict__
-            if k not in _STANDARD and k not in ALLOWED_EXTRA and not k.startswith("_")
+            if k not in known and k not in ALLOWED_EXTRA and not k.startswith("_")
         ]  # `_...`: a logging framework's own bookkeeping (Ray's `_ray_timestamp_ns`), never printed
         for key in dropped:
             del record.__dict__[key]

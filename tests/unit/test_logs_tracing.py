@@ -187,3 +187,26 @@ async def test_every_deployment_call_is_a_client_span(spans):
         assert span.kind.name == "CLIENT"
     # the call's own span is current while the request is sent: Serve propagates it into the replica
     assert handle.parents == [format(s.context.span_id, "016x") for s in calls]
+
+
+def test_fields_every_record_carries_are_not_reported_as_dropped_extras():
+    """A library's record factory (vLLM adds ``vllm_process_name`` to every record) is not an ``extra`` of ours."""
+    import logging as stdlib_logging
+
+    from pipelines.logs import ExtraFilter
+
+    original = stdlib_logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = original(*args, **kwargs)
+        record.vllm_process_name = "EngineCore"
+        return record
+
+    stdlib_logging.setLogRecordFactory(factory)
+    try:
+        record = stdlib_logging.getLogRecordFactory()("switchboard.x", 20, "f", 1, "msg", None, None)
+        record.__dict__["email"] = "maria.g@example.com"
+        ExtraFilter().filter(record)
+        assert record.__dict__["dropped_extra"] == ["email"] and "email" not in record.__dict__
+    finally:
+        stdlib_logging.setLogRecordFactory(original)
