@@ -413,12 +413,16 @@ class Pipeline:
         await self.publish(state, emit, final)
         for ev in redaction:
             await self.publish(state, emit, ev)
-        line = self.crm.line(state.crm, turn.speaker, turn.redacted)
-        if turn.speaker == "agent":
-            self._crm_note(state, emit, line, None)
+        if self.crm.enabled:
+            turn.crm_line = self.crm.line(state.crm, turn.speaker, turn.redacted)
+            if turn.speaker == "agent":  # customer turns are noted with their sentiment by `analyse`
+                self._crm_note(state, emit, turn.crm_line, None)
         return turn
 
     def _crm_note(self, state: SessionState, emit: Emit, line: str, sentiment: float | None) -> None:
+        if not self.crm.enabled:
+            return
+
         async def report(error: ErrorEvent) -> None:
             try:
                 await self.publish(state, emit, error)
@@ -444,8 +448,8 @@ class Pipeline:
             await self.publish(state, emit, ev)
         score = turn.sentiment.score if turn.sentiment is not None else None
         state.signals.customer_turn(turn.redacted, score, turn.intent)
-        if turn.speaker != "agent":
-            self._crm_note(state, emit, f"{turn.speaker}: {turn.redacted}", score)
+        if turn.speaker != "agent" and turn.crm_line:
+            self._crm_note(state, emit, turn.crm_line, score)
         for ev in await self._run(self.assist, turn, state, emit):
             if isinstance(ev, Suggestion):
                 state.signals.suggestions += 1

@@ -96,10 +96,10 @@ class ChannelReplies:
                 )
 
     async def _report(self, error: ErrorEvent) -> None:
+        """Stored and sent like any event: the watching agents get it; this adapter (the customer's side)
+        sends only agent lines and notices, so the error is not texted to the customer."""
         assert self.live is not None
-        self.pipeline._record(self.live.state, error)
-        for watcher in list(self.live.watchers):  # to the agents; the customer's side is this adapter
-            watcher.put(error.wire())
+        await self.pipeline.publish(self.live.state, self.live.emit, error)
 
 
 class ChannelInbox:

@@ -41,6 +41,7 @@ class Turn:
     hits: list[Any] = field(default_factory=list)  # the articles assist chose (models.retrieval.index.Hit)
     predictions: dict[str, Any] = field(default_factory=dict)  # stage -> result with .model/.variant/.shadow
     timings_ms: dict[str, float] = field(default_factory=dict)
+    crm_line: str | None = None  # "speaker: redacted text" for the CRM case (only when a CRM is configured)
 
     @property
     def redacted(self) -> str:
