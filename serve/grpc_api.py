@@ -156,31 +156,34 @@ def _unauthenticated(grpc_context: Any, exc: AuthError) -> Any:
     return to_proto(exc.to_event())
 
 
-async def stream(ingress: Ingress, request_stream: Any, grpc_context: Any):
+async def _serve(ingress: Ingress, grpc_context: Any, action: str, transport: _GrpcTransport, connection: Any):
+    """Authenticate for ``action``, then run ``connection(principal)`` over ``transport`` and stream what it
+    sends; credentials that are missing, invalid or of the wrong role end the call with the error event."""
     try:
-        principal = await _principal(ingress, grpc_context, "session.customer")
+        principal = await _principal(ingress, grpc_context, action)
     except AuthError as exc:
         yield _unauthenticated(grpc_context, exc)
         return
     await ingress._ensure_store()
-    transport = _GrpcTransport(request_stream)
-    task = asyncio.create_task(SessionConnection(ingress, transport, principal).run())
+    task = asyncio.create_task(connection(principal).run())
     async for message in _drain(transport, task):
         yield message
 
 
-async def watch(ingress: Ingress, request: Any, grpc_context: Any):
-    try:
-        principal = await _principal(ingress, grpc_context, "session.watch")
-    except AuthError as exc:
-        yield _unauthenticated(grpc_context, exc)
-        return
-    await ingress._ensure_store()
+def stream(ingress: Ingress, request_stream: Any, grpc_context: Any):
+    transport = _GrpcTransport(request_stream)
+    return _serve(
+        ingress, grpc_context, "session.customer", transport, lambda p: SessionConnection(ingress, transport, p)
+    )
+
+
+def watch(ingress: Ingress, request: Any, grpc_context: Any):
     transport = _GrpcTransport(None)
     transport.receive = _wait_forever  # type: ignore[method-assign] - a watch request carries no commands
-    task = asyncio.create_task(WatchConnection(ingress, transport, principal, request.session_id[:64]).run())
-    async for message in _drain(transport, task):
-        yield message
+    session_id = request.session_id[:64]
+    return _serve(
+        ingress, grpc_context, "session.watch", transport, lambda p: WatchConnection(ingress, transport, p, session_id)
+    )
 
 
 async def _wait_forever() -> None:
