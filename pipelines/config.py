@@ -291,6 +291,37 @@ class Settings(BaseSettings):
         "replica); over it: `rate_limited`, nothing accepted is dropped.",
     )
     tenant_burst: int = Field(default=200, ge=1, description="Bucket size of the per-tenant rate limit.")
+    shed_inflight_turns: int = Field(
+        default=8,
+        ge=1,
+        description="Overload: with this many customer turns being analysed at once on an ingress replica, new "
+        "turns skip the non-critical stages (generated replies: the articles-only suggestion is final, "
+        "`fallback: shed`).",
+    )
+    shed_latency_ms: float = Field(
+        default=400.0,
+        gt=0,
+        description="Overload: shed the non-critical stages too while the moving average of message → first "
+        "suggestion is above this (the assist SLO is 500 ms p95).",
+    )
+    admit_inflight_turns: int = Field(
+        default=32,
+        ge=1,
+        description="Overload: with this many turns in flight, new sessions wait in the queue (`session.queued`) "
+        "instead of adding load; they start as it falls.",
+    )
+    max_sessions_per_replica: int = Field(
+        default=11_000,
+        ge=1,
+        description="Open sessions per ingress replica; more wait in the queue with a `session.queued` notice "
+        "until one ends (keep the ingress `max_ongoing_requests` above it).",
+    )
+    session_queue_max: int = Field(
+        default=2_000, ge=0, description="New sessions that may wait at once; one more gets `server_busy`."
+    )
+    session_queue_timeout_s: float = Field(
+        default=60.0, gt=0, description="A queued new session not started within this gets `server_busy`."
+    )
     send_timeout_s: float = Field(
         default=10.0,
         gt=0,

@@ -41,6 +41,10 @@ ERROR_CODES: dict[str, tuple[str, bool]] = {
     "rate_limited": ("the tenant is over its message rate; nothing was accepted, send it again shortly", True),
     "audit_unavailable": ("the audit trail could not record this read, so nothing was shown; try again", True),
     "legal_hold": ("the data is under a legal hold and cannot be deleted until the hold is released", False),
+    "server_busy": (
+        "no capacity for a new session: the queue is full or the wait ran out; nothing was started, try again",
+        True,
+    ),
     "store_unavailable": ("the session store is down: this read cannot be served yet (writes are queued)", True),
 }
 

@@ -25,6 +25,7 @@ __all__ = [
     "SessionEnd",
     "ClientEvent",
     "SessionStarted",
+    "SessionQueued",
     "TranscriptPartial",
     "TranscriptFinal",
     "TranscriptWord",
@@ -131,6 +132,17 @@ class SessionStarted(_Event):
     variant: str | None = Field(
         default=None, description="A/B arm of this session's models (champion or challenger)"
     )
+
+
+class SessionQueued(_Event):
+    """The server is at capacity: this new session waits and starts (``session.started``) as soon as there is
+    room. Sent again if the position changes much; ``server_busy`` if the wait runs out."""
+
+    type: Literal["session.queued"] = "session.queued"
+    position: int = Field(description="place in the queue, 1 = next")
+    reason: Literal["sessions", "load"] = Field(description="too many open sessions, or too much work in flight")
+    notice: str = Field(description="customer-facing text about the delay")
+    timeout_s: float = Field(description="longest wait before `server_busy`")
 
 
 class TranscriptPartial(_Event):
@@ -323,6 +335,7 @@ class SessionSnapshot(_Event):
 
 ServerEvent = (
     SessionStarted
+    | SessionQueued
     | TranscriptPartial
     | TranscriptFinal
     | Redaction

@@ -62,6 +62,14 @@ __all__ = [
     "count_feedback",
     "count_tokens",
     "count_reply_cache",
+    # overload and cost
+    "set_overload",
+    "count_shed",
+    "count_queued",
+    "set_session_queue",
+    "observe_queue_wait",
+    "observe_model_batch",
+    "observe_session_tokens",
 ]
 
 Kind = Literal["counter", "gauge", "histogram"]
@@ -209,6 +217,52 @@ METRICS: dict[str, MetricDef] = {
         ),
         MetricDef(
             "switchboard_reply_cache_lookups", "counter", "Semantic reply-cache lookups by outcome", ("hit",)
+        ),
+        # ------------------------------------------------------------ overload and cost
+        MetricDef(
+            "switchboard_overload",
+            "gauge",
+            "1 while this ingress replica sheds non-critical stages (pipelines/overload.py)",
+            ("deployment",),
+        ),
+        MetricDef(
+            "switchboard_shed", "counter", "Turns whose non-critical stage was skipped under overload", ("stage", *_L)
+        ),
+        MetricDef(
+            "switchboard_sessions_queued",
+            "counter",
+            "New sessions that had to wait for capacity, by outcome (queued, refused, timed_out)",
+            ("outcome",),
+        ),
+        MetricDef(
+            "switchboard_session_queue_depth", "gauge", "New sessions waiting for capacity", ("deployment",)
+        ),
+        MetricDef(
+            "switchboard_session_queue_wait_seconds",
+            "histogram",
+            "How long a queued new session waited",
+            ("deployment",),
+            (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0),
+        ),
+        MetricDef(
+            "switchboard_model_cpu_seconds",
+            "counter",
+            "CPU seconds a model deployment's replica spent on its batches (cost; per session = / sessions ended)",
+            ("deployment",),
+        ),
+        MetricDef(
+            "switchboard_model_gpu_seconds",
+            "counter",
+            "GPU-busy seconds of a model deployment's batches (wall time of batches on a CUDA device)",
+            ("deployment",),
+        ),
+        MetricDef("switchboard_model_items", "counter", "Requests a model deployment served", ("deployment",)),
+        MetricDef(
+            "switchboard_session_tokens",
+            "histogram",
+            "Generator tokens (prompt + completion) one session spent, observed when it ends",
+            _L,
+            (1.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0),
         ),
     )
 }
@@ -457,3 +511,38 @@ def count_tokens(model: str, kind: str, amount: int) -> None:
 def count_reply_cache(hit: bool) -> None:
     """A semantic-cache lookup after a failed generation (hit rate = hit=true / all)."""
     _record("switchboard_reply_cache_lookups", hit=str(hit).lower())
+
+
+# ---------------------------------------------------------------- overload and cost
+
+
+def set_overload(shedding: bool) -> None:
+    _record("switchboard_overload", 1.0 if shedding else 0.0, deployment="ingress")
+
+
+def count_shed(stage: str, tenant: str, channel: str) -> None:
+    _record("switchboard_shed", stage=stage, tenant=tenant, channel=channel)
+
+
+def count_queued(outcome: str) -> None:
+    """A new session that could not start at once: ``queued``, ``refused`` (queue full), ``timed_out``."""
+    _record("switchboard_sessions_queued", outcome=outcome)
+
+
+def set_session_queue(depth: int) -> None:
+    _record("switchboard_session_queue_depth", depth, deployment="ingress")
+
+
+def observe_queue_wait(seconds: float) -> None:
+    _record("switchboard_session_queue_wait_seconds", seconds, deployment="ingress")
+
+
+def observe_model_batch(deployment: str, cpu_s: float, gpu_s: float, items: int) -> None:
+    """One batch of a model deployment: what it cost (the cost dashboard divides by sessions)."""
+    _record("switchboard_model_cpu_seconds", cpu_s, deployment=deployment)
+    _record("switchboard_model_gpu_seconds", gpu_s, deployment=deployment)
+    _record("switchboard_model_items", items, deployment=deployment)
+
+
+def observe_session_tokens(tokens: int, tenant: str, channel: str) -> None:
+    _record("switchboard_session_tokens", tokens, tenant=tenant, channel=channel)

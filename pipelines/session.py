@@ -41,6 +41,7 @@ from .events import (
 from .handoff import CrmSession, CrmSync, Handoff
 from .logs import bind_session
 from .metrics import count_feedback, count_prediction, count_shadow
+from .overload import LoadGovernor
 from .ports import FeaturePort, ModelPorts
 from .review import ReviewQueue
 from .served import assign_variant
@@ -83,6 +84,7 @@ class SessionState:
     _features_reader: Callable[[], Awaitable[Any]] | None = None  # one retry after a timeout or error
     history: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=6))  # (speaker, redacted)
     generation_tokens: int = 0  # prompt + completion tokens this session spent on generated replies
+    stage_calls: int = 0  # analysis stages run for this session (each one or two model requests): its cost
     generating: set[asyncio.Task] = field(default_factory=set)  # replies still being generated
     suggestion_models: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (source, model)
     crm: CrmSession = field(default_factory=CrmSession)  # CRM context, case and notes
@@ -147,6 +149,7 @@ class Pipeline:
         )
         self.writer.tenants = self.tenants
         self.escalation = EscalationStage(EscalationRules.load(settings.escalation_rules), timeout_s=t)
+        self.governor = LoadGovernor.from_settings(settings)  # shedding under overload, session admission
         self._escalations = {  # a tenant with its own rules gets its own stage
             tenant: EscalationStage(EscalationRules.load(cfg.escalation_rules), timeout_s=t)
             for tenant in self.tenants.tenants
@@ -241,6 +244,8 @@ class Pipeline:
         if state.suggestion_models:
             sources = Counter(source for source, _ in state.suggestion_models.values())
             summary["assist"] = {**sources, "tokens": state.generation_tokens}
+        summary["cost"] = {"tokens": state.generation_tokens, "stage_calls": state.stage_calls}
+        metrics.observe_session_tokens(state.generation_tokens, state.tenant, state.channel)
         if state.features is not None and state.features.done() and not state.features.cancelled():
             summary["customer_features"] = getattr(state.features.result(), "source", None)
         context = await self.crm.context(state.crm) if self.crm.enabled else None
@@ -435,33 +440,8 @@ class Pipeline:
         """Sentiment ∥ planner → assist → escalation for a finalized customer turn."""
         state.turns += 1
         metrics.count_turn(state.tenant, state.channel)
-        sentiment_events, planner_events = await asyncio.gather(
-            self._run(self.sentiment, turn, state, emit), self._run(self.planner, turn, state, emit)
-        )
-        if turn.sentiment is not None:
-            state.sentiment_sum += turn.sentiment.score
-            metrics.observe_sentiment(
-                turn.sentiment.score, turn.sentiment.label, state.tenant, state.channel, turn.sentiment.model
-            )
-            state.negative_streak = state.negative_streak + 1 if turn.sentiment.label == "negative" else 0
-        for ev in [*sentiment_events, *planner_events]:
-            await self.publish(state, emit, ev)
-        score = turn.sentiment.score if turn.sentiment is not None else None
-        state.signals.customer_turn(turn.redacted, score, turn.intent)
-        if turn.speaker != "agent" and turn.crm_line:
-            self._crm_note(state, emit, turn.crm_line, score)
-        for ev in await self._run(self.assist, turn, state, emit):
-            if isinstance(ev, Suggestion):
-                state.signals.suggestions += 1
-                metrics.observe_assist(
-                    ev.latency_ms, state.tenant, state.channel, ev.reranker or "faiss", ev.source
-                )
-                if self.writer.wanted(state, turn.hits):
-                    ev = ev.model_copy(update={"final": False})
-                    self._start_generation(state, turn, ev, emit)
-                else:
-                    self._final_suggestion(state, ev)
-            await self.publish(state, emit, ev)
+        with self.governor.turn():  # the critical path: what a turn must do before its first suggestion
+            await self._analyse_critical(state, turn, emit)
         escalated: list[Escalation] = []
         for ev in await self._run(self.escalation_for(state.tenant), turn, state, emit):
             if isinstance(ev, Escalation):
@@ -483,6 +463,41 @@ class Pipeline:
         if escalated and self.handoff is not None:  # one hand-off per turn: the most urgent of its rules
             await self._route(state, max(escalated, key=lambda e: PRIORITIES.index(e.priority)), emit)
         self._account(state, turn)
+
+    async def _analyse_critical(self, state: SessionState, turn: Turn, emit: Emit) -> None:
+        """Sentiment ∥ planner, then assist: everything up to the turn's first suggestion."""
+        sentiment_events, planner_events = await asyncio.gather(
+            self._run(self.sentiment, turn, state, emit), self._run(self.planner, turn, state, emit)
+        )
+        if turn.sentiment is not None:
+            state.sentiment_sum += turn.sentiment.score
+            metrics.observe_sentiment(
+                turn.sentiment.score, turn.sentiment.label, state.tenant, state.channel, turn.sentiment.model
+            )
+            state.negative_streak = state.negative_streak + 1 if turn.sentiment.label == "negative" else 0
+        for ev in [*sentiment_events, *planner_events]:
+            await self.publish(state, emit, ev)
+        score = turn.sentiment.score if turn.sentiment is not None else None
+        state.signals.customer_turn(turn.redacted, score, turn.intent)
+        if turn.speaker != "agent" and turn.crm_line:
+            self._crm_note(state, emit, turn.crm_line, score)
+        for ev in await self._run(self.assist, turn, state, emit):
+            if isinstance(ev, Suggestion):
+                state.signals.suggestions += 1
+                metrics.observe_assist(
+                    ev.latency_ms, state.tenant, state.channel, ev.reranker or "faiss", ev.source
+                )
+                self.governor.observe(ev.latency_ms)
+                if not self.writer.wanted(state, turn.hits):
+                    self._final_suggestion(state, ev)
+                elif self.governor.shed("generation", state.tenant, state.channel):
+                    ev = ev.model_copy(update={"fallback": ev.fallback or "shed"})  # final: nothing follows
+                    metrics.count_suggestion(ev.source, "none", "shed")
+                    self._final_suggestion(state, ev)
+                else:
+                    ev = ev.model_copy(update={"final": False})
+                    self._start_generation(state, turn, ev, emit)
+            await self.publish(state, emit, ev)
 
     async def _route(self, state: SessionState, escalation: Escalation, emit: Emit) -> None:
         """Hand the escalated conversation to a human agent: assigned, queued (with the expected wait) or
@@ -603,6 +618,7 @@ class Pipeline:
 
     async def _run(self, stage: Stage, turn: Turn, state: SessionState, emit: Emit) -> list[_Event]:
         """Run a stage whose fallback also failed: report it and let the rest of the turn go on."""
+        state.stage_calls += 1
         try:
             return await stage.run(turn, state)
         except SwitchboardError as exc:

@@ -39,8 +39,14 @@ class _Events:
     async def start(
         self, channel: str = "chat", customer_id: str = "cust-0001", **extra: Any
     ) -> dict[str, Any]:
+        """Start (or resume) a session: ``session.started``, or the ``error`` that refused it. A server at
+        capacity first sends ``session.queued`` notices (kept in ``self.queued``); this waits through them."""
         await self.send({"type": "session.start", "channel": channel, "customer_id": customer_id, **extra})
         started = await self.recv()
+        self.queued: list[dict[str, Any]] = []
+        while started["type"] == "session.queued":
+            self.queued.append(started)
+            started = await self.recv(float(started.get("timeout_s", 60.0)) + 10.0)
         if started["type"] == "session.started":
             self.session_id = started["session_id"]
         return started

@@ -23,6 +23,7 @@ from pipelines.events import (
     ChatMessage,
     ErrorEvent,
     SessionEnd,
+    SessionQueued,
     SessionSnapshot,
     SessionStart,
     SuggestionFeedback,
@@ -30,6 +31,7 @@ from pipelines.events import (
     parse_client_event,
 )
 from pipelines.live import LiveSession
+from pipelines.overload import Queued
 
 from .auth import Principal
 
@@ -106,6 +108,7 @@ class SessionConnection:
         self.state: SessionState | None = None
         self.live: LiveSession | None = None
         self.voice: VoiceSession | None = None
+        self.admitted = False  # holds a place counted by the load governor (released in _finish)
 
     async def emit(self, event: _Event) -> None:
         if self.live is not None:
@@ -187,13 +190,32 @@ class SessionConnection:
                 "voice is not enabled on this server (no ASR deployment); use chat, sms or email",
                 code="channel_unavailable",
             )
-        state, started = await self.ingress.pipeline.start_session(self.principal.tenant, event)
+        governor = self.ingress.pipeline.governor
+        await governor.admit(self._queued)  # at capacity: waits with a `session.queued` notice
+        self.admitted = True
+        try:
+            state, started = await self.ingress.pipeline.start_session(self.principal.tenant, event)
+        except BaseException:
+            self.admitted = False
+            governor.leave()
+            raise
         self.state = state
         self.live = self.ingress.hub.open(state, self.transport.send, customer_view=not self.principal.staff)
         await self.emit(started)
         if state.channel == "voice":
             fmt = event.audio or AudioFormat()
             self.voice = await self.ingress._voice_session(state, self.emit, fmt.encoding, fmt.sample_rate, fmt.channels)
+
+    async def _queued(self, queued: Queued) -> None:
+        await self.transport.send(
+            SessionQueued(
+                position=queued.position,
+                reason=queued.reason,  # type: ignore[arg-type]
+                notice=f"We are busier than usual: your conversation starts in a moment (number {queued.position} "
+                "in line).",
+                timeout_s=queued.timeout_s,
+            )
+        )
 
     async def _check_own(self, event: SessionStart) -> None:
         """A customer whose token names them (the JWT's ``sub``) holds only their own conversations: they may
@@ -222,6 +244,9 @@ class SessionConnection:
             await self.ingress.pipeline.end_session(state, self.emit, status=status)
         if live is not None and live.deliver == self.transport.send:
             self.ingress.hub.close(live)
+        if self.admitted:
+            self.admitted = False
+            self.ingress.pipeline.governor.leave()
 
 
 class WatchConnection:

@@ -4,7 +4,9 @@ in-process path uses, and batch calls across sessions with ``@serve.batch``."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -13,7 +15,7 @@ from ray import serve
 
 from models.generation.base import GenerationError
 from models.text.redaction import PiiDetectionError, RedactionResult
-from pipelines import logs, tracing
+from pipelines import logs, metrics, tracing
 from pipelines.asr_queue import AsrQueue
 from pipelines.backends import (
     build_asr,
@@ -44,6 +46,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 _BATCH = dict(max_batch_size=32, batch_wait_timeout_s=0.002)
 
 
+def _in_serve() -> bool:
+    try:
+        serve.get_replica_context()
+        return True
+    except Exception:  # called outside a replica (unit tests)
+        return False
+
+
 class _ModelDeployment:
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = Settings(**settings)
@@ -52,6 +62,30 @@ class _ModelDeployment:
 
     async def ready(self) -> str:
         return type(self).__name__
+
+    def _metered(self, fn: Any, items: int, *args: Any) -> Any:
+        """Run one batch (in a worker thread) and export what it cost: the replica's CPU seconds (all its threads:
+        the batch is the only work it does) and, on a CUDA device, its wall time as GPU-busy seconds."""
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            gpu_s = time.perf_counter() - t0 if self._on_gpu else 0.0
+            metrics.observe_model_batch(self._cost_name, time.process_time() - cpu0, gpu_s, items)
+
+    @functools.cached_property
+    def _on_gpu(self) -> bool:
+        """This replica was given a GPU (``ray_actor_options.num_gpus``, cluster/serve-gpu.yaml)."""
+        try:
+            import ray
+
+            return bool(ray.get_gpu_ids())
+        except Exception:
+            return False
+
+    @functools.cached_property
+    def _cost_name(self) -> str:
+        return serve.get_replica_context().deployment if _in_serve() else type(self).__name__
 
     async def check_health(self) -> None:
         """Serve calls this every ``health_check_period_s`` (cluster/serve-gpu.yaml); raising marks the replica
@@ -79,7 +113,7 @@ class Guardrail(_ModelDeployment):
     @serve.batch(**_BATCH)
     async def _redact(self, texts: list[str]) -> list[RedactionResult | PiiDetectionError]:
         try:
-            return await asyncio.to_thread(self.model.redact_batch, texts)
+            return await asyncio.to_thread(self._metered, self.model.redact_batch, len(texts), texts)
         except PiiDetectionError:
             # One bad text must not send every session's message in this batch to review: retry one by one.
             return await asyncio.to_thread(self._one_by_one, texts)
@@ -108,7 +142,9 @@ class Sentiment(_ModelDeployment):
 
     @serve.batch(**_BATCH)
     async def _score(self, items: list[tuple[str, str]]) -> list[Any]:
-        return await asyncio.to_thread(self.model.score_batch, [t for t, _ in items], [v for _, v in items])
+        return await asyncio.to_thread(
+            self._metered, self.model.score_batch, len(items), [t for t, _ in items], [v for _, v in items]
+        )
 
     async def models(self) -> dict[str, str]:
         """variant → the model it serves (name@version or rules)."""
@@ -126,7 +162,7 @@ class Embedder(_ModelDeployment):
 
     @serve.batch(**_BATCH)
     async def embed(self, texts: list[str]) -> list[np.ndarray]:
-        vectors = await asyncio.to_thread(self.model.embed_batch, texts)
+        vectors = await asyncio.to_thread(self._metered, self.model.embed_batch, len(texts), texts)
         return list(vectors)
 
 
@@ -145,7 +181,9 @@ class IntentClassifier(_ModelDeployment):
     async def _predict(self, items: list[tuple[str, np.ndarray, str]]) -> list[Any]:
         texts = [t for t, _, _ in items]
         vectors = np.stack([v for _, v, _ in items])
-        return await asyncio.to_thread(self.model.predict_batch, texts, vectors, [v for _, _, v in items])
+        return await asyncio.to_thread(
+            self._metered, self.model.predict_batch, len(items), texts, vectors, [v for _, _, v in items]
+        )
 
     async def models(self) -> dict[str, str]:
         return self.model.served.describe()
@@ -173,7 +211,9 @@ class KnowledgeBase(_ModelDeployment):
     async def _search(self, items: list[tuple[np.ndarray, int, str | None, str | None, str]]) -> list[Any]:
         k = max(item[1] for item in items)
         results = await asyncio.to_thread(
+            self._metered,
             self.model.search_batch,
+            len(items),
             np.stack([item[0] for item in items]),
             k,
             [item[2] for item in items],
@@ -218,7 +258,7 @@ class SpeakerEmbedder(_ModelDeployment):
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def embed(self, audios: list[np.ndarray]) -> list[Any]:
-        return await asyncio.to_thread(lambda: [self.model.embed(a) for a in audios])
+        return await asyncio.to_thread(self._metered, lambda: [self.model.embed(a) for a in audios], len(audios))
 
 
 @serve.deployment(

@@ -115,7 +115,7 @@ def _b64(payload: Any) -> bytes:
 
 # Helpers the ingress uses must be defined above it: Serve serialises the class when it is decorated.
 @serve.deployment(
-    name="ingress", max_ongoing_requests=10000, max_queued_requests=-1, ray_actor_options={"num_cpus": 0.2}
+    name="ingress", max_ongoing_requests=12000, max_queued_requests=-1, ray_actor_options={"num_cpus": 0.2}
 )
 @serve.ingress(app)
 class Ingress:
@@ -301,6 +301,7 @@ class Ingress:
             "active_sessions": self.active_sessions,
             "store_backlog": self.store.backlog,
             "features": self.features.status(),
+            "load": self.pipeline.governor.describe(),  # shedding, queued sessions (pipelines/overload.py)
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 

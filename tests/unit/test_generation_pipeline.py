@@ -208,3 +208,28 @@ async def test_feedback_is_stored_and_counted_per_model(build):
             "model": "scripted@1",
         }
     ]
+
+
+async def test_under_overload_generation_is_shed_and_the_articles_are_final_at_once(build):
+    pipeline = build(
+        ScriptedGenerator("Payment plans are interest-free for balances of $100 or more."),
+        shed_inflight_turns=1,  # every turn in flight counts as a replica at its threshold
+    )
+    key = "switchboard_shed{channel=chat,stage=generation,tenant=demo}"
+    before = snapshot().get(key, 0)
+    state, rec = await turn(pipeline, QUESTION)
+    assert not state.generating, "nothing is generated for a shed turn"
+    ended = await finish(pipeline, state, rec)
+    (suggestion,) = rec.of("assist.suggestion")
+    assert suggestion["source"] == "articles_only" and suggestion["fallback"] == "shed"
+    assert suggestion.get("final", True) is not False and suggestion["articles"]
+    assert not rec.of("assist.delta")
+    assert snapshot()[key] == before + 1
+    cost = ended["summary"]["cost"]
+    assert cost["tokens"] == 0 and cost["stage_calls"] >= 4  # guardrail, sentiment, planner, assist, escalation
+    # the load is gone: the next session's turn is generated again
+    pipeline.governor.latency_ms = 0.0
+    pipeline.governor.shed_inflight_turns = 8
+    state, rec = await turn(pipeline, QUESTION, customer="c-gen-2")
+    await finish(pipeline, state, rec)
+    assert [s["source"] for s in rec.of("assist.suggestion")] == ["articles_only", "generated"]

@@ -23,6 +23,7 @@ STAGES = ("guardrail", "sentiment", "planner", "assist", "escalation")
 LABEL_KEYS = {
     "tenant", "channel", "model", "stage", "code", "retryable", "status", "type", "queue", "priority", "label",
     "source", "fallback", "action", "variant", "champion", "challenger", "agree", "kind", "hit", "le",
+    "deployment", "outcome",
 }  # fmt: skip
 
 

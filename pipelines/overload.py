@@ -1,0 +1,200 @@
+"""Graceful degradation under overload, per ingress replica.
+
+Two signals say how busy the session pipeline is: customer turns being analysed right now (``in_flight``) and a
+moving average of the critical path (message → first ``assist.suggestion``). From them:
+
+- **Shedding**: above ``shed_inflight_turns`` or ``shed_latency_ms`` the non-critical work is skipped for new
+  turns. Generated replies are the one such stage on this pipeline: the grounded articles-only suggestion is sent
+  as final, marked ``fallback: "shed"``. (Sentiment models here give a label and a score, no separate emotion
+  model runs, so there is no emotion stage to shed.) Shedding stops when both signals fall below
+  ``release`` (70 %) of their thresholds, so it does not flap.
+- **Admission**: above ``max_sessions`` open sessions, or ``admit_inflight_turns`` turns in flight, a new session
+  is not refused: it waits in a FIFO queue and its client gets a ``session.queued`` notice (position, reason,
+  the longest wait). It starts as soon as a session ends or the load falls; only a queue that is full, or a wait
+  past ``queue_timeout_s``, ends in ``server_busy`` (retryable, nothing was accepted yet).
+
+Every decision is counted in metrics (``switchboard_shed``, ``switchboard_sessions_queued``,
+``switchboard_session_queue_wait_seconds``, ``switchboard_session_queue_depth``, ``switchboard_overload``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+from . import metrics
+from .errors import ProtocolError
+
+__all__ = ["LoadGovernor", "Queued", "NON_CRITICAL"]
+
+NON_CRITICAL = ("generation",)  # in the order they are shed
+
+
+@dataclass(frozen=True)
+class Queued:
+    """What a waiting session's client is told."""
+
+    position: int  # 1: next to start
+    reason: str  # sessions | load
+    timeout_s: float
+
+
+class LoadGovernor:
+    def __init__(
+        self,
+        *,
+        shed_inflight_turns: int = 8,
+        shed_latency_ms: float = 400.0,
+        admit_inflight_turns: int = 32,
+        max_sessions: int = 11_000,
+        queue_max: int = 2_000,
+        queue_timeout_s: float = 60.0,
+        release: float = 0.7,
+        alpha: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.shed_inflight_turns = shed_inflight_turns
+        self.shed_latency_ms = shed_latency_ms
+        self.admit_inflight_turns = admit_inflight_turns
+        self.max_sessions = max_sessions
+        self.queue_max = queue_max
+        self.queue_timeout_s = queue_timeout_s
+        self.release = release
+        self.alpha = alpha
+        self.clock = clock
+        self.in_flight = 0
+        self.sessions = 0
+        self.latency_ms = 0.0  # exponential moving average of the critical path
+        self.shedding = False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @classmethod
+    def from_settings(cls, settings) -> LoadGovernor:
+        return cls(
+            shed_inflight_turns=settings.shed_inflight_turns,
+            shed_latency_ms=settings.shed_latency_ms,
+            admit_inflight_turns=settings.admit_inflight_turns,
+            max_sessions=settings.max_sessions_per_replica,
+            queue_max=settings.session_queue_max,
+            queue_timeout_s=settings.session_queue_timeout_s,
+        )
+
+    # ------------------------------------------------------------ load signals and shedding
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """A customer turn being analysed (its critical path)."""
+        self.in_flight += 1
+        self._update()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._update()
+            self._wake()
+
+    def observe(self, critical_ms: float) -> None:
+        """One turn's message → first suggestion time."""
+        self.latency_ms = critical_ms if self.latency_ms == 0 else (
+            self.alpha * critical_ms + (1 - self.alpha) * self.latency_ms
+        )
+        self._update()
+
+    def _update(self) -> None:
+        over = self.in_flight >= self.shed_inflight_turns or self.latency_ms >= self.shed_latency_ms
+        under = (
+            self.in_flight < self.shed_inflight_turns * self.release
+            and self.latency_ms < self.shed_latency_ms * self.release
+        )
+        if over and not self.shedding:
+            self.shedding = True
+            metrics.set_overload(True)
+        elif under and self.shedding:
+            self.shedding = False
+            metrics.set_overload(False)
+
+    def shed(self, stage: str, tenant: str, channel: str) -> bool:
+        """Whether ``stage`` is skipped for this turn (counted when it is)."""
+        if stage not in NON_CRITICAL or not self.shedding:
+            return False
+        metrics.count_shed(stage, tenant, channel)
+        return True
+
+    # ------------------------------------------------------------ admission
+
+    def _admissible(self) -> str | None:
+        """Why a new session must wait now (None: it may start)."""
+        if self.sessions >= self.max_sessions:
+            return "sessions"
+        if self.in_flight >= self.admit_inflight_turns:
+            return "load"
+        return None
+
+    async def admit(self, notify: Callable[[Queued], Awaitable[None]]) -> None:
+        """Start a session now, or queue it (``notify`` tells its client) until it may start. Raises
+        ``server_busy`` when the queue is full or the wait runs out. Pair with :meth:`leave`."""
+        reason = self._admissible()
+        if reason is None and not self._waiters:
+            self.sessions += 1
+            return
+        if len(self._waiters) >= self.queue_max:
+            metrics.count_queued("refused")
+            raise ProtocolError(
+                f"the server is at capacity and {len(self._waiters)} sessions are already waiting; "
+                "try again in a minute",
+                code="server_busy",
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        metrics.count_queued("queued")
+        metrics.set_session_queue(len(self._waiters))
+        t0 = self.clock()
+        try:
+            await notify(Queued(len(self._waiters), reason or "load", self.queue_timeout_s))
+            self._wake()
+            await asyncio.wait_for(asyncio.shield(waiter), self.queue_timeout_s)
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():  # admitted at the last moment: give the place back
+                self.leave()
+            else:
+                waiter.cancel()
+            if isinstance(exc, TimeoutError):
+                metrics.count_queued("timed_out")
+                raise ProtocolError(
+                    f"no capacity freed up within {self.queue_timeout_s:g} s; nothing was started, try again shortly",
+                    code="server_busy",
+                ) from None
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            metrics.set_session_queue(len(self._waiters))
+            metrics.observe_queue_wait(self.clock() - t0)
+
+    def leave(self) -> None:
+        """A session admitted by :meth:`admit` ended."""
+        self.sessions = max(0, self.sessions - 1)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Admit waiters, first come first served, while there is room."""
+        while self._waiters and self._admissible() is None:
+            waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            self.sessions += 1
+            waiter.set_result(None)
+        metrics.set_session_queue(len(self._waiters))
+
+    def describe(self) -> dict[str, float | int | bool]:
+        return {
+            "sessions": self.sessions,
+            "queued": len(self._waiters),
+            "turns_in_flight": self.in_flight,
+            "critical_path_ms_avg": round(self.latency_ms, 1),
+            "shedding": self.shedding,
+        }
