@@ -4,6 +4,8 @@ notice instead of failing when a replica is at capacity."""
 from __future__ import annotations
 
 import asyncio
+import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -127,3 +129,80 @@ async def test_a_client_that_leaves_while_queued_gives_its_place_back():
     assert g.sessions == 0
     await asyncio.wait_for(g.admit(notify), 1)  # the next one starts at once
     assert g.sessions == 1
+
+
+# ---------------------------------------------------------------- through a real session connection
+
+
+class QueueTransport:
+    """A client connection driven by the test: frames are put in, events come out."""
+
+    def __init__(self) -> None:
+        self.frames: asyncio.Queue = asyncio.Queue()
+        self.sent: list[dict] = []
+        self.arrived = asyncio.Event()
+
+    def put(self, event: dict) -> None:
+        self.frames.put_nowait(json.dumps(event))
+
+    async def receive(self):
+        return await self.frames.get()
+
+    async def send(self, event) -> None:
+        self.sent.append(event if isinstance(event, dict) else event.wire())
+        self.arrived.set()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        pass
+
+    async def wait_for(self, type_: str, timeout: float = 60) -> dict:
+        async def seen() -> dict:
+            while True:
+                for e in self.sent:
+                    if e["type"] == type_:
+                        return e
+                self.arrived.clear()
+                await self.arrived.wait()
+
+        return await asyncio.wait_for(seen(), timeout)
+
+
+async def test_a_session_queued_at_capacity_starts_when_another_ends_and_keeps_what_it_sent(settings, local_models):
+    from pipelines.limits import TenantLimiter
+    from pipelines.live import LiveHub
+    from pipelines.review import ReviewQueue, load_or_create_key
+    from pipelines.session import Pipeline
+    from pipelines.storage import SessionStore
+    from serve.auth import Principal
+    from serve.connection import SessionConnection
+
+    cfg = settings.model_copy(update={"max_sessions_per_replica": 1, "session_queue_timeout_s": 30})
+    store = SessionStore(cfg.sqlalchemy_url)
+    await store.start()
+    try:
+        pipeline = Pipeline(local_models, store, ReviewQueue(store, load_or_create_key(cfg.resolved_review_key_file)), cfg)
+        ingress = SimpleNamespace(pipeline=pipeline, settings=cfg, hub=LiveHub(), limiter=TenantLimiter(100, 100), vad=None)
+        start = {"type": "session.start", "channel": "chat", "customer_id": "c-1"}
+        first, second = QueueTransport(), QueueTransport()
+        a = asyncio.create_task(SessionConnection(ingress, first, Principal("demo", "agent")).run())
+        first.put(start)
+        await first.wait_for("session.started")
+        b = asyncio.create_task(SessionConnection(ingress, second, Principal("demo", "agent")).run())
+        second.put({**start, "customer_id": "c-2"})
+        queued = await second.wait_for("session.queued")
+        assert queued["position"] == 1 and queued["reason"] == "sessions" and "in line" in queued["notice"]
+        second.put({"type": "chat.message", "text": "I was charged twice this month", "message_id": "m-waiting"})
+        await asyncio.sleep(0.2)
+        assert [e["type"] for e in second.sent] == ["session.queued"]  # not started, not refused
+        first.put({"type": "session.end"})
+        await asyncio.wait_for(a, 60)
+        started = await second.wait_for("session.started")
+        await second.wait_for("assist.suggestion")  # the message sent while it waited was handled
+        second.put({"type": "session.end"})
+        await asyncio.wait_for(b, 60)
+        assert not [e for e in second.sent if e["type"] == "error"]
+        stored = [u["text"] for u in await store.transcript("demo", started["session_id"])]
+        assert stored == ["I was charged twice this month"]
+        assert pipeline.governor.sessions == 0
+    finally:
+        await store.close()
