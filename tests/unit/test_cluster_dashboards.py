@@ -117,7 +117,7 @@ def test_alert_rules_parse_and_cover_the_slos():
     by_slo: dict[str, list[dict]] = {}
     for alert in alerts:
         by_slo.setdefault(alert["labels"]["slo"], []).append(alert)
-    assert set(by_slo) == {"transcription-latency", "assist-latency", "api-error-rate", "availability"}
+    assert set(by_slo) == {"transcription-latency", "assist-latency", "api-error-rate", "availability", "capacity"}
 
     def expr_of(alert: dict) -> str:  # the alert's PromQL with recording rules expanded
         expr = alert["expr"]
@@ -132,6 +132,8 @@ def test_alert_rules_parse_and_cover_the_slos():
     (assist,) = by_slo["assist-latency"]
     assert "ray_switchboard_assist_latency_ms_bucket" in expr_of(assist) and "> 500" in assist["expr"]
     assert any("0.001" in a["expr"] for a in by_slo["availability"])  # the 99.9 % error budget
+    capacity = {name for a in by_slo["capacity"] for name in _NAME.findall(a["expr"])}
+    assert {"ray_switchboard_overload", "ray_switchboard_session_queue_depth"} <= capacity  # shedding, queueing
     for rule in rules:
         expr = rule["expr"]
         assert set(_NAME.findall(expr)) <= metrics.exposed_names("ray_") | BUILTINS, expr
