@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYANNOTE_METRICS_ENABLED := false
 SITE = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-.PHONY: help install index features train generator setup demo serve test lint bench schema clean
+.PHONY: help install index features train generator setup demo serve test lint bench load schema clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ test: $(STAMP) ## lint + the whole test suite (unit + integration against real R
 
 bench: index ## chat load benchmark (50 sessions), JSON on stdout
 	@$(PY) benchmarks/chat_load.py --start
+
+load: setup ## scale benchmark: hold 10,000 idle sessions, sweep chat rates for p95 < 500 ms (~15 min), JSON
+	@$(PY) benchmarks/load.py --start --out benchmarks/results/load.json
 
 schema: $(STAMP) ## regenerate schemas/events.schema.json
 	@$(PY) -m pipelines.events

@@ -96,14 +96,16 @@ class Held:
 
 class ServerMeter:
     """CPU seconds and memory of the server's processes: the Ray processes this run launched (``--start``), or
-    every Ray process on this machine. The benchmark's own process is never counted."""
+    every Ray process on this machine. The benchmark's own process is never counted. CPU is also broken down by
+    process role from Ray's process titles (``ray::ServeReplica:switchboard:ingress`` -> ``ingress``,
+    ``ray::ProxyActor`` -> ``proxy``), which is what turns a run into per-replica capacity (cluster/CAPACITY.md)."""
 
     def __init__(self, launched_here: bool) -> None:
         import psutil
 
         self.psutil = psutil
         self.launched_here = launched_here
-        self._cpu: dict[int, float] = {}
+        self._cpu: dict[int, tuple[str, float]] = {}
 
     def processes(self) -> list:
         ps = self.psutil
@@ -111,19 +113,39 @@ class ServerMeter:
         if self.launched_here:
             procs = ps.Process(me).children(recursive=True)
         else:
-            procs = [p for p in ps.process_iter(["name", "cmdline"]) if "ray" in " ".join(p.info["cmdline"] or [])]
+            procs = [p for p in ps.process_iter(["cmdline"]) if "ray" in " ".join(p.info["cmdline"] or [])]
         return [p for p in procs if p.pid != me]
 
-    def sample(self) -> dict[str, float]:
-        cpu = 0.0
+    @staticmethod
+    def role(cmdline: list[str]) -> str:
+        title = (cmdline[0] if cmdline else "").split(" ")[0]
+        if title.startswith("ray::ServeReplica:"):
+            return title.rsplit(":", 1)[-1]  # the deployment
+        if title.startswith("ray::"):
+            return {"ProxyActor": "proxy", "ServeController": "controller"}.get(title[5:], "ray_other")
+        return "ray_system"  # raylet, GCS, dashboard agents, vLLM's engine core process, ...
+
+    def sample(self) -> dict[str, Any]:
         rss = 0
         for p in self.processes():
             with contextlib.suppress(self.psutil.Error):
                 t = p.cpu_times()
-                self._cpu[p.pid] = t.user + t.system
+                role = self._cpu[p.pid][0] if p.pid in self._cpu else self.role(p.cmdline())
+                self._cpu[p.pid] = (role, t.user + t.system)
                 rss += p.memory_info().rss
-        cpu = sum(self._cpu.values())  # processes that exited keep what they used
-        return {"cpu_s": cpu, "rss_mb": rss / 2**20}
+        by_role: dict[str, float] = {}
+        for role, cpu in self._cpu.values():  # processes that exited keep what they used
+            by_role[role] = by_role.get(role, 0.0) + cpu
+        return {"cpu_s": sum(by_role.values()), "rss_mb": rss / 2**20, "by_role": by_role}
+
+    @staticmethod
+    def spent(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+        """CPU seconds per role between two samples."""
+        return {
+            role: round(b["by_role"][role] - a["by_role"].get(role, 0.0), 2)
+            for role in sorted(b["by_role"])
+            if b["by_role"][role] - a["by_role"].get(role, 0.0) >= 0.01
+        }
 
 
 async def open_sessions(url: str, token: str, n: int, rate: float, in_flight: int) -> tuple[list[Held], dict]:
@@ -316,6 +338,7 @@ async def run(args: argparse.Namespace, url: str, token: str, meter: ServerMeter
             if meter and cpu0:
                 cpu1 = meter.sample()
                 step["server_cpu_cores"] = round((cpu1["cpu_s"] - cpu0["cpu_s"]) / args.step_s, 2)
+                step["server_cpu_s_by_role"] = meter.spent(cpu0, cpu1)
             steps.append(step)
             m = step["message_to_suggestion_ms"]
             _log(
@@ -342,6 +365,8 @@ async def run(args: argparse.Namespace, url: str, token: str, meter: ServerMeter
             "cpu_s_opening": round(after_open["cpu_s"] - before["cpu_s"], 1),
             "cpu_cores_while_idle": round((during_hold["cpu_s"] - after_open["cpu_s"]) / max(args.hold_s, 1), 3),
             "cpu_s_total": round(end["cpu_s"] - before["cpu_s"], 1),
+            "cpu_s_opening_by_role": meter.spent(before, after_open),
+            "cpu_s_idle_hold_by_role": meter.spent(after_open, during_hold),
         }
     messages = sum(len(s["message_to_suggestion_ms"]) and s["message_to_suggestion_ms"].get("n", 0) for s in steps)
     cost = {
@@ -390,7 +415,7 @@ def main() -> int:
     parser.add_argument("--in-flight", type=int, default=200, help="handshakes (and ends) in flight at once")
     parser.add_argument("--active", type=int, default=100, help="held sessions that chat in the rate phase")
     parser.add_argument(
-        "--rates", default="2,4,6,8,10,12,14,16,20", help="message rates to step through, per second"
+        "--rates", default="1,2,3,4,5,6,8,10,12,16,20", help="message rates to step through, per second"
     )
     parser.add_argument("--step-s", type=float, default=30.0, help="seconds per rate step (default %(default)s)")
     parser.add_argument("--target-ms", type=float, default=500.0, help="p95 message → suggestion target")

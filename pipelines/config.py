@@ -310,6 +310,13 @@ class Settings(BaseSettings):
         description="Overload: with this many turns in flight, new sessions wait in the queue (`session.queued`) "
         "instead of adding load; they start as it falls.",
     )
+    max_concurrent_generations: int = Field(
+        default=16,
+        ge=1,
+        description="Overload: generated replies being written at once for an ingress replica's sessions; a turn "
+        "beyond it keeps its articles-only suggestion (`fallback: shed`). A GPU engine batches dozens; on a CPU "
+        "keep it at 1-2 (cluster/serve-local.yaml).",
+    )
     max_sessions_per_replica: int = Field(
         default=11_000,
         ge=1,

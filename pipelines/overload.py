@@ -5,7 +5,9 @@ moving average of the critical path (message → first ``assist.suggestion``). F
 
 - **Shedding**: above ``shed_inflight_turns`` or ``shed_latency_ms`` the non-critical work is skipped for new
   turns. Generated replies are the one such stage on this pipeline: the grounded articles-only suggestion is sent
-  as final, marked ``fallback: "shed"``. (Sentiment models here give a label and a score, no separate emotion
+  as final, marked ``fallback: "shed"``. A generator already writing ``max_generations`` replies for this replica
+  sheds new ones too: a reply that would queue behind them would miss its budget anyway, and on a CPU the
+  engine's work slows the critical path of every session. (Sentiment models here give a label and a score, no separate emotion
   model runs, so there is no emotion stage to shed.) Shedding stops when both signals fall below
   ``release`` (70 %) of their thresholds, so it does not flap.
 - **Admission**: above ``max_sessions`` open sessions, or ``admit_inflight_turns`` turns in flight, a new session
@@ -53,6 +55,7 @@ class LoadGovernor:
         max_sessions: int = 11_000,
         queue_max: int = 2_000,
         queue_timeout_s: float = 60.0,
+        max_generations: int = 16,
         release: float = 0.7,
         alpha: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
@@ -63,6 +66,8 @@ class LoadGovernor:
         self.max_sessions = max_sessions
         self.queue_max = queue_max
         self.queue_timeout_s = queue_timeout_s
+        self.max_generations = max_generations
+        self.generating = 0  # replies being written for this replica's sessions
         self.release = release
         self.alpha = alpha
         self.clock = clock
@@ -81,6 +86,7 @@ class LoadGovernor:
             max_sessions=settings.max_sessions_per_replica,
             queue_max=settings.session_queue_max,
             queue_timeout_s=settings.session_queue_timeout_s,
+            max_generations=settings.max_concurrent_generations,
         )
 
     # ------------------------------------------------------------ load signals and shedding
@@ -96,6 +102,15 @@ class LoadGovernor:
             self.in_flight -= 1
             self._update()
             self._wake()
+
+    @contextlib.contextmanager
+    def generation(self) -> Iterator[None]:
+        """A reply being generated (background work after the turn's first suggestion)."""
+        self.generating += 1
+        try:
+            yield
+        finally:
+            self.generating -= 1
 
     def observe(self, critical_ms: float) -> None:
         """One turn's message → first suggestion time."""
@@ -119,7 +134,10 @@ class LoadGovernor:
 
     def shed(self, stage: str, tenant: str, channel: str) -> bool:
         """Whether ``stage`` is skipped for this turn (counted when it is)."""
-        if stage not in NON_CRITICAL or not self.shedding:
+        if stage not in NON_CRITICAL:
+            return False
+        busy = stage == "generation" and self.generating >= self.max_generations
+        if not (self.shedding or busy):
             return False
         metrics.count_shed(stage, tenant, channel)
         return True
@@ -197,4 +215,5 @@ class LoadGovernor:
             "turns_in_flight": self.in_flight,
             "critical_path_ms_avg": round(self.latency_ms, 1),
             "shedding": self.shedding,
+            "generating": self.generating,
         }

@@ -547,7 +547,8 @@ class Pipeline:
 
         async def run() -> None:
             try:
-                await self.writer.write(turn, state, first, publish)
+                with self.governor.generation():
+                    await self.writer.write(turn, state, first, publish)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug here must not take the session down

@@ -206,3 +206,12 @@ async def test_a_session_queued_at_capacity_starts_when_another_ends_and_keeps_w
         assert pipeline.governor.sessions == 0
     finally:
         await store.close()
+
+
+def test_a_generator_busy_with_its_limit_of_replies_sheds_new_ones_without_overload():
+    g = LoadGovernor(max_generations=2)
+    with g.generation(), g.generation():
+        assert not g.shedding  # the critical path is fine
+        assert g.shed("generation", "demo", "chat")
+        assert not g.shed("assist", "demo", "chat")
+    assert not g.shed("generation", "demo", "chat")
