@@ -11,8 +11,10 @@ Phases, all on one server:
 1. **hold** — open ``--idle`` chat sessions (``session.start`` → ``session.started``, paced by
    ``--connect-rate``; a ``rate_limited`` start is retried after a pause, as a client should) and keep every one
    open for ``--hold-s`` seconds. A connection the server closes, or a session that fails to start, is a drop.
-2. **rate** — with every idle session still open, ``--active`` of them send customer messages as an open-loop
-   Poisson process at each rate of ``--rates`` (messages/s, ``--step-s`` seconds each). Latency is measured from
+2. **rate** — with every idle session still open, ``--active`` more sessions, opened by a separate driver
+   process (real clients are other machines: a process holding 10,000 connections would add its own event-loop
+   delays to what it measures), send customer messages as an open-loop Poisson process at each rate of
+   ``--rates`` (messages/s, ``--step-s`` seconds each). Latency is measured from
    sending the message to the first ``assist.suggestion`` (what the agent sees first: grounded articles, or the
    cached reply) and, separately, to the final generated one. The sweep stops after the first rate whose p95
    misses ``--target-ms`` (or that errors, or cannot keep up with its own arrivals).
@@ -45,6 +47,8 @@ from benchmarks._server import add_server_args, server  # noqa: E402
 from benchmarks._stats import percentiles  # noqa: E402
 from benchmarks.chat_load import MESSAGES  # noqa: E402
 from serve.client import SessionClient  # noqa: E402
+
+SCRIPT = Path(__file__).resolve()
 
 
 def _log(msg: str) -> None:
@@ -215,6 +219,7 @@ async def rate_step(active: list[Held], rate: float, step_s: float, target_ms: f
     final_ms: list[float] = []
     server_ms: list[float] = []
     sources: dict[str, int] = {}
+    fallbacks: dict[str, int] = {}  # why a final suggestion is not generated (shed, ungrounded, timeout, ...)
     errors: dict[str, int] = {}
     backlog = 0
     pending: set[asyncio.Task] = set()
@@ -240,6 +245,8 @@ async def rate_step(active: list[Held], rate: float, step_s: float, target_ms: f
             if final is not None and final["type"] == "assist.suggestion":
                 final_ms.append((time.perf_counter() - t) * 1000)
                 sources[final.get("source", "?")] = sources.get(final.get("source", "?"), 0) + 1
+                why = final.get("fallback") or "none"
+                fallbacks[why] = fallbacks.get(why, 0) + 1
             elif final is not None:
                 code = final.get("code", final["type"])
                 errors[f"final:{code}"] = errors.get(f"final:{code}", 0) + 1
@@ -278,6 +285,7 @@ async def rate_step(active: list[Held], rate: float, step_s: float, target_ms: f
         "message_to_final_suggestion_ms": percentiles(final_ms),
         "server_assist_ms": percentiles(server_ms),
         "final_sources": sources,
+        "final_fallbacks": fallbacks,
         "errors": errors,
         "not_sent_no_free_session": backlog,
         "met_target": ok,
@@ -319,6 +327,63 @@ async def end_all(held: list[Held], in_flight: int) -> dict:
     return {"ended": ended, "failed": failed, "tokens": tokens}
 
 
+async def drive(args: argparse.Namespace, url: str, token: str) -> None:
+    """``--driver``: the rate phase, in its own process. Real clients are other machines; one process that also
+    holds thousands of idle connections would add its own event-loop delays to every latency it measures. Writes
+    one JSON line per event on stdout for the parent (which samples the server's CPU at each step's edges)."""
+    rates = [float(r) for r in args.rates.split(",")]
+    active, opening = await open_sessions(url, token, args.active, args.connect_rate, args.in_flight)
+    if opening["start_failures"]:
+        print(json.dumps({"event": "failed", "opening": opening}), flush=True)
+    for i, rate in enumerate(rates):
+        print(json.dumps({"event": "step_start", "rate": rate}), flush=True)
+        step = await rate_step(active, rate, args.step_s, args.target_ms, seed=i)
+        print(json.dumps({"event": "step_end", "step": step}), flush=True)
+        if not step["met_target"]:
+            break
+    check = await end_all(active, args.in_flight)
+    print(json.dumps({"event": "done", **check}), flush=True)
+
+
+async def rate_phase(
+    args: argparse.Namespace, url: str, token: str, meter: ServerMeter | None
+) -> tuple[list[dict], dict[str, Any]]:
+    """Run ``--driver`` in a subprocess while this process keeps holding the idle sessions."""
+    cmd = [
+        sys.executable, str(SCRIPT), "--driver", "--url", url, "--active", str(args.active),
+        "--rates", args.rates, "--step-s", str(args.step_s), "--target-ms", str(args.target_ms),
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, env={**os.environ, "SWITCHBOARD_DEV_TOKEN": token}
+    )
+    assert proc.stdout is not None
+    steps: list[dict] = []
+    done: dict[str, Any] = {"ended": 0, "failed": {"driver": 1}, "tokens": []}
+    cpu0 = None
+    async for line in proc.stdout:
+        msg = json.loads(line)
+        if msg["event"] == "step_start":
+            cpu0 = meter.sample() if meter else None
+        elif msg["event"] == "step_end":
+            step = msg["step"]
+            if meter and cpu0:
+                cpu1 = meter.sample()
+                step["server_cpu_cores"] = round((cpu1["cpu_s"] - cpu0["cpu_s"]) / args.step_s, 2)
+                step["server_cpu_s_by_role"] = meter.spent(cpu0, cpu1)
+            steps.append(step)
+            m = step["message_to_suggestion_ms"]
+            _log(
+                f"rate {step['rate_per_s']:g}/s: p50 {m.get('p50')} p95 {m.get('p95')} ms, errors {step['errors']}, "
+                f"backlog {step['not_sent_no_free_session']}, final sources {step['final_sources']}"
+            )
+        elif msg["event"] == "done":
+            done = {k: v for k, v in msg.items() if k != "event"}
+        elif msg["event"] == "failed":
+            _log(f"the rate driver could not open its sessions: {msg['opening']['start_failures']}")
+    await proc.wait()
+    return steps, done
+
+
 async def run(args: argparse.Namespace, url: str, token: str, meter: ServerMeter | None) -> dict[str, Any]:
     rates = [float(r) for r in args.rates.split(",")]
     before = meter.sample() if meter else None
@@ -329,26 +394,13 @@ async def run(args: argparse.Namespace, url: str, token: str, meter: ServerMeter
     await asyncio.sleep(args.hold_s)
     dropped_in_hold = sum(1 for h in held if h.closed is not None)
     during_hold = meter.sample() if meter else None
-    steps = []
+    steps: list[dict] = []
+    driver: dict[str, Any] = {"ended": 0, "failed": {}, "tokens": []}
     if args.active and rates:
-        active = held[: args.active]
-        for i, rate in enumerate(rates):
-            cpu0 = meter.sample() if meter else None
-            step = await rate_step(active, rate, args.step_s, args.target_ms, seed=i)
-            if meter and cpu0:
-                cpu1 = meter.sample()
-                step["server_cpu_cores"] = round((cpu1["cpu_s"] - cpu0["cpu_s"]) / args.step_s, 2)
-                step["server_cpu_s_by_role"] = meter.spent(cpu0, cpu1)
-            steps.append(step)
-            m = step["message_to_suggestion_ms"]
-            _log(
-                f"rate {rate:g}/s: p50 {m.get('p50')} p95 {m.get('p95')} ms, errors {step['errors']}, "
-                f"backlog {step['not_sent_no_free_session']}"
-            )
-            if not step["met_target"]:
-                break
+        steps, driver = await rate_phase(args, url, token, meter)
     _log("ending every held session")
     check = await end_all(held, args.in_flight)
+    check["tokens"] += driver.pop("tokens")
     end = meter.sample() if meter else None
     met = [s for s in steps if s["met_target"]]
     best = max(met, key=lambda s: s["rate_per_s"]) if met else None
@@ -390,7 +442,8 @@ async def run(args: argparse.Namespace, url: str, token: str, meter: ServerMeter
         "dropped_during_hold": dropped_in_hold,
         "end_check": check,
         "target_p95_ms": args.target_ms,
-        "active_sessions": min(args.active, len(held)),
+        "active_sessions": args.active,
+        "active_end_check": driver,
         "steps": steps,
         "highest_rate_meeting_target_per_s": best["rate_per_s"] if best else None,
         "p95_at_highest_rate_ms": best["message_to_suggestion_ms"]["p95"] if best else None,
@@ -417,9 +470,10 @@ def main() -> int:
     parser.add_argument(
         "--rates", default="1,2,3,4,5,6,8,10,12,16,20", help="message rates to step through, per second"
     )
-    parser.add_argument("--step-s", type=float, default=30.0, help="seconds per rate step (default %(default)s)")
+    parser.add_argument("--step-s", type=float, default=60.0, help="seconds per rate step (default %(default)s)")
     parser.add_argument("--target-ms", type=float, default=500.0, help="p95 message → suggestion target")
     parser.add_argument("--label", default=None, help="name for this run in comparisons")
+    parser.add_argument("--driver", action="store_true", help=argparse.SUPPRESS)  # the rate phase's own process
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"), help="compare two results")
     args = parser.parse_args()
@@ -427,6 +481,11 @@ def main() -> int:
     if args.compare:
         a, b = (json.loads(p.read_text()) for p in args.compare)
         print(json.dumps(compare(a, b), indent=2))
+        return 0
+    if args.driver:
+        with contextlib.redirect_stdout(sys.stderr), server(args) as target:
+            pass
+        asyncio.run(drive(args, target.url, target.token))
         return 0
     if args.start:
         # One tenant (the dev token's) opens every session here; its new-session rate limit is raised to the

@@ -1,7 +1,8 @@
 """Graceful degradation under overload, per ingress replica.
 
-Two signals say how busy the session pipeline is: customer turns being analysed right now (``in_flight``) and a
-moving average of the critical path (message → first ``assist.suggestion``). From them:
+Two signals say how busy the session pipeline is: customer turns being analysed right now (``in_flight``) and the
+tail of the critical path (the 90th percentile of message → first ``assist.suggestion`` over the last ``window``
+turns: the SLO is a p95, and a mean hides the slow turns that break it). From them:
 
 - **Shedding**: above ``shed_inflight_turns`` or ``shed_latency_ms`` the non-critical work is skipped for new
   turns. Generated replies are the one such stage on this pipeline: the grounded articles-only suggestion is sent
@@ -9,7 +10,8 @@ moving average of the critical path (message → first ``assist.suggestion``). F
   sheds new ones too: a reply that would queue behind them would miss its budget anyway, and on a CPU the
   engine's work slows the critical path of every session. (Sentiment models here give a label and a score, no separate emotion
   model runs, so there is no emotion stage to shed.) Shedding stops when both signals fall below
-  ``release`` (70 %) of their thresholds, so it does not flap.
+  ``release`` (70 %) of their thresholds and ``cooldown_s`` has passed since the last turn over them, so it does
+  not flap.
 - **Admission**: above ``max_sessions`` open sessions, or ``admit_inflight_turns`` turns in flight, a new session
   is not refused: it waits in a FIFO queue and its client gets a ``session.queued`` notice (position, reason,
   the longest wait). It starts as soon as a session ends or the load falls; only a queue that is full, or a wait
@@ -57,7 +59,8 @@ class LoadGovernor:
         queue_timeout_s: float = 60.0,
         max_generations: int = 16,
         release: float = 0.7,
-        alpha: float = 0.2,
+        window: int = 32,
+        cooldown_s: float = 20.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.shed_inflight_turns = shed_inflight_turns
@@ -69,12 +72,14 @@ class LoadGovernor:
         self.max_generations = max_generations
         self.generating = 0  # replies being written for this replica's sessions
         self.release = release
-        self.alpha = alpha
+        self.cooldown_s = cooldown_s
         self.clock = clock
         self.in_flight = 0
         self.sessions = 0
-        self.latency_ms = 0.0  # exponential moving average of the critical path
+        self.recent: deque[float] = deque(maxlen=window)  # the last turns' critical path, ms
+        self.latency_ms = 0.0  # its 90th percentile
         self.shedding = False
+        self._over_at = float("-inf")  # when a signal was last over its threshold
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @classmethod
@@ -114,16 +119,20 @@ class LoadGovernor:
 
     def observe(self, critical_ms: float) -> None:
         """One turn's message → first suggestion time."""
-        self.latency_ms = critical_ms if self.latency_ms == 0 else (
-            self.alpha * critical_ms + (1 - self.alpha) * self.latency_ms
-        )
+        self.recent.append(critical_ms)
+        ordered = sorted(self.recent)
+        self.latency_ms = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
         self._update()
 
     def _update(self) -> None:
+        now = self.clock()
         over = self.in_flight >= self.shed_inflight_turns or self.latency_ms >= self.shed_latency_ms
+        if over:
+            self._over_at = now
         under = (
             self.in_flight < self.shed_inflight_turns * self.release
             and self.latency_ms < self.shed_latency_ms * self.release
+            and now - self._over_at >= self.cooldown_s
         )
         if over and not self.shedding:
             self.shedding = True

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.unit]
 
 
 def test_shedding_starts_at_the_in_flight_threshold_and_stops_only_well_below_it():
-    g = LoadGovernor(shed_inflight_turns=4, shed_latency_ms=10_000)
+    g = LoadGovernor(shed_inflight_turns=4, shed_latency_ms=10_000, cooldown_s=0)
     turns = [g.turn() for _ in range(4)]
     for t in turns[:3]:
         t.__enter__()
@@ -33,15 +33,30 @@ def test_shedding_starts_at_the_in_flight_threshold_and_stops_only_well_below_it
     assert not g.shedding
 
 
-def test_a_slow_critical_path_sheds_even_with_few_turns_in_flight():
-    g = LoadGovernor(shed_inflight_turns=100, shed_latency_ms=400, alpha=0.5)
-    g.observe(200)
+def test_a_slow_tail_of_the_critical_path_sheds_until_it_recovers_and_cools_down():
+    now = [0.0]
+    g = LoadGovernor(shed_inflight_turns=100, shed_latency_ms=400, window=10, cooldown_s=20, clock=lambda: now[0])
+    for _ in range(9):
+        g.observe(150)
     assert not g.shedding
-    g.observe(700)  # average 450
+    g.observe(600)  # one slow turn in ten: the 90th percentile is over the budget (a mean of 195 ms is not)
     assert g.shedding
-    g.observe(300)  # 375: under the threshold but not under 70 % of it
+    for _ in range(9):
+        g.observe(300)  # under the threshold but not under 70 % of it
     assert g.shedding
-    g.observe(100)  # 237.5 < 280
+    g.observe(300)  # the slow turn left the window: p90 300 ms, still over 280
+    now[0] = 30.0
+    for _ in range(10):
+        g.observe(100)
+    assert not g.shedding  # under 70 % and 20 s since the last slow turn
+    g.observe(900)
+    assert g.shedding
+    now[0] = 35.0
+    for _ in range(10):
+        g.observe(100)
+    assert g.shedding  # fast again, but only 5 s after the last slow turn: no flapping
+    now[0] = 60.0
+    g.observe(100)
     assert not g.shedding
 
 
