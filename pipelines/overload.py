@@ -2,7 +2,8 @@
 
 Two signals say how busy the session pipeline is: customer turns being analysed right now (``in_flight``) and the
 tail of the critical path (the 90th percentile of message → first ``assist.suggestion`` over the last ``window``
-turns: the SLO is a p95, and a mean hides the slow turns that break it). From them:
+turns, once there are ``min_samples`` of them: the SLO is a p95 and a mean hides the slow turns that break it;
+a replica's first ``warmup`` turns, on cold models and caches, are not counted). From them:
 
 - **Shedding**: above ``shed_inflight_turns`` or ``shed_latency_ms`` the non-critical work is skipped for new
   turns. Generated replies are the one such stage on this pipeline: the grounded articles-only suggestion is sent
@@ -60,6 +61,8 @@ class LoadGovernor:
         max_generations: int = 16,
         release: float = 0.7,
         window: int = 32,
+        min_samples: int = 10,
+        warmup: int = 3,
         cooldown_s: float = 20.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -73,6 +76,8 @@ class LoadGovernor:
         self.generating = 0  # replies being written for this replica's sessions
         self.release = release
         self.cooldown_s = cooldown_s
+        self.min_samples = min_samples
+        self._warmup = warmup
         self.clock = clock
         self.in_flight = 0
         self.sessions = 0
@@ -119,9 +124,13 @@ class LoadGovernor:
 
     def observe(self, critical_ms: float) -> None:
         """One turn's message → first suggestion time."""
+        if self._warmup > 0:
+            self._warmup -= 1
+            return
         self.recent.append(critical_ms)
-        ordered = sorted(self.recent)
-        self.latency_ms = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+        if len(self.recent) >= self.min_samples:
+            ordered = sorted(self.recent)
+            self.latency_ms = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
         self._update()
 
     def _update(self) -> None:

@@ -56,6 +56,12 @@ def app(tmp_path_factory, index_dir, pg_session_database, smollm2_dir):
             "database_url": pg_session_database,
             "model_refresh_s": 1.0,  # alias moves reach the replicas within a second
             "generation_model": str(smollm2_dir),  # the packaged SmolLM2 on the real vLLM engine
+            # The shared app serves every integration test on a busy CI machine: the load governor would shed
+            # generation whenever a neighbouring test slows the critical path, and the generation tests need the
+            # engine's reply. Shedding has its own tests (tests/unit/test_overload.py) and benchmark (load.py).
+            "shed_latency_ms": 60_000.0,
+            "shed_inflight_turns": 1_000,
+            "max_concurrent_generations": 16,
         },
         port=_free_port(),
         grpc_port=_free_port(),

@@ -35,7 +35,17 @@ def test_shedding_starts_at_the_in_flight_threshold_and_stops_only_well_below_it
 
 def test_a_slow_tail_of_the_critical_path_sheds_until_it_recovers_and_cools_down():
     now = [0.0]
-    g = LoadGovernor(shed_inflight_turns=100, shed_latency_ms=400, window=10, cooldown_s=20, clock=lambda: now[0])
+    g = LoadGovernor(
+        shed_inflight_turns=100,
+        shed_latency_ms=400,
+        window=10,
+        min_samples=5,
+        warmup=1,
+        cooldown_s=20,
+        clock=lambda: now[0],
+    )
+    g.observe(2_000)  # a cold replica's first turn is no sign of load
+    assert not g.shedding
     for _ in range(9):
         g.observe(150)
     assert not g.shedding
@@ -58,6 +68,15 @@ def test_a_slow_tail_of_the_critical_path_sheds_until_it_recovers_and_cools_down
     now[0] = 60.0
     g.observe(100)
     assert not g.shedding
+
+
+def test_a_few_slow_turns_are_too_few_to_judge_the_tail_by():
+    g = LoadGovernor(shed_inflight_turns=100, shed_latency_ms=400, min_samples=5, warmup=0)
+    for _ in range(4):
+        g.observe(900)
+    assert not g.shedding
+    g.observe(900)
+    assert g.shedding
 
 
 def test_only_non_critical_stages_are_ever_shed():
@@ -170,7 +189,7 @@ class QueueTransport:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         pass
 
-    async def wait_for(self, type_: str, timeout: float = 60) -> dict:
+    async def wait_for(self, type_: str, wait_s: float = 60) -> dict:
         async def seen() -> dict:
             while True:
                 for e in self.sent:
@@ -179,7 +198,7 @@ class QueueTransport:
                 self.arrived.clear()
                 await self.arrived.wait()
 
-        return await asyncio.wait_for(seen(), timeout)
+        return await asyncio.wait_for(seen(), wait_s)
 
 
 async def test_a_session_queued_at_capacity_starts_when_another_ends_and_keeps_what_it_sent(settings, local_models):
