@@ -37,6 +37,16 @@ def settings_from_args(args: AppArgs | dict[str, Any] | None) -> Settings:
     return Settings(**args.settings)
 
 
+def deployment_names(settings: Settings) -> set[str]:
+    """The deployments ``build_app`` makes for these settings: voice and generation are optional."""
+    names = {"ingress", "guardrail", "sentiment", "embedder", "intent", "knowledge_base"}
+    if settings.voice:
+        names |= {"asr", "speaker_embedder"}
+    if settings.generation_backend != "none":
+        names.add("response_generator")
+    return names
+
+
 def build_app(args: dict[str, Any] | None = None) -> Application:
     settings = settings_from_args(args)
     if not settings.dev_token:

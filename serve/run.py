@@ -85,6 +85,11 @@ def _prepare(
     # the token stays out of the app args (Serve logs those): replicas read it from <data_dir>/dev-token
     args = settings.model_dump(mode="json", exclude={"dev_token"})
     app["args"] = {"settings": {k: v for k, v in args.items() if v is not None}}
+    # the config tunes every deployment; one these settings leave out (voice or generation off) is not deployed
+    from .app import deployment_names
+
+    built = deployment_names(settings)
+    app["deployments"] = [d for d in app.get("deployments", []) if d["name"] in built]
     return config, settings, token
 
 

@@ -81,6 +81,25 @@ def test_serve_config_validates_as_written_and_as_launched(path: Path, monkeypat
     assert "dev_token" not in prepared["applications"][0]["args"]["settings"]  # Serve logs app args
 
 
+@pytest.mark.parametrize("generation", ["vllm", "none"])
+@pytest.mark.parametrize("voice", [True, False])
+def test_launching_without_voice_or_generation_deploys_only_what_the_app_builds(voice, generation, monkeypatch):
+    import pipelines.indexing
+    import serve.auth
+    from serve.app import deployment_names
+    from serve.run import _prepare
+
+    monkeypatch.setattr(pipelines.indexing, "build_index", lambda settings: None)
+    monkeypatch.setattr(serve.auth, "resolve_dev_token", lambda settings: "unit-test-token")
+    overrides = {"voice": voice, "generation_backend": generation}
+    prepared, settings, _ = _prepare(CLUSTER / "serve-local.yaml", overrides, 8123)
+    ServeDeploySchema.model_validate(prepared)
+    built = _app_deployments(prepared["applications"][0]["args"]["settings"])
+    assert deployment_names(settings) == built
+    assert set(_deployments(prepared)) == built  # Serve refuses config for a deployment the app does not build
+    assert ("response_generator" in built) == (generation != "none") and ("asr" in built) == voice
+
+
 @pytest.mark.parametrize("path", SERVE_CONFIGS, ids=lambda p: p.name)
 def test_serve_config_tunes_exactly_the_deployments_the_app_builds(path: Path):
     config = _load(path)
