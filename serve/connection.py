@@ -204,7 +204,9 @@ class SessionConnection:
         await self.emit(started)
         if state.channel == "voice":
             fmt = event.audio or AudioFormat()
-            self.voice = await self.ingress._voice_session(state, self.emit, fmt.encoding, fmt.sample_rate, fmt.channels)
+            self.voice = await self.ingress._voice_session(
+                state, self.emit, fmt.encoding, fmt.sample_rate, fmt.channels, resumed=bool(started.resumed)
+            )
 
     async def _queued(self, queued: Queued) -> None:
         await self.transport.send(

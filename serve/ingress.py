@@ -354,9 +354,13 @@ class Ingress:
         sample_rate: int,
         channels: int,
         speakers: tuple[str | None, ...] | None = None,
+        *,
+        resumed: bool = False,
     ) -> VoiceSession:
-        """``speakers`` names each channel fed separately (telephony tracks); None: by channel count."""
-        part = len(await self.store.recordings(state.tenant, state.session_id))
+        """``speakers`` names each channel fed separately (telephony tracks); None: by channel count. A resumed
+        session's recording continues as a new part after the stored ones; a new session has none, so it does
+        not wait on a store read (which, with the store busy or down, would fail the call's start)."""
+        part = len(await self.store.recordings(state.tenant, state.session_id)) if resumed else 0
         channels = len(speakers) if speakers else channels
         return VoiceSession(
             self.pipeline,
