@@ -1,10 +1,13 @@
-"""Shared by the benchmark scripts: latency percentiles as printed in their JSON."""
+"""Shared by the benchmark scripts: latency percentiles as printed in their JSON, and printing that JSON."""
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
+from typing import Any
 
-__all__ = ["percentiles"]
+__all__ = ["percentiles", "emit"]
 
 
 def percentiles(values: list[float], digits: int = 2) -> dict[str, float]:
@@ -25,3 +28,12 @@ def percentiles(values: list[float], digits: int = 2) -> dict[str, float]:
         "max": round(ordered[-1], digits),
         "mean": round(statistics.fmean(ordered), digits),
     }
+
+
+def emit(result: dict[str, Any], out: Path | None) -> None:
+    """The result as JSON on stdout (the only thing a benchmark prints there), and in ``out`` when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

@@ -59,6 +59,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmarks._server import add_server_args, server  # noqa: E402
+from benchmarks._stats import emit  # noqa: E402
 from benchmarks._stats import percentiles as _percentiles  # noqa: E402
 from models.asr.metrics import word_errors  # noqa: E402
 from serve.client import SessionClient  # noqa: E402
@@ -939,11 +940,7 @@ def main() -> int:
         }
     result["label"] = args.label or (f"sweep-{args.sweep}" if args.sweep else f"{levels[0]}-streams")
     result["duration_s"] = round(time.perf_counter() - t_all, 1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     total_errors = sum(s["error_count"] for per_n in runs.values() for s in per_n.values())
     return 0 if not total_errors else 1
 

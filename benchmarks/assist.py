@@ -56,6 +56,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks._stats import emit  # noqa: E402
 from benchmarks._stats import percentiles as _percentiles  # noqa: E402
 
 BACKENDS = ("vllm", "transformers")
@@ -538,11 +539,7 @@ def main() -> int:
     }
     if earlier is not None:
         result["compare"] = compare(earlier, result)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     errors = sum(sum(r.get("errors", {}).values()) for r in result["results"])
     return 0 if not errors else 1
 

@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._server import add_server_args, server  # noqa: E402
+from benchmarks._stats import emit  # noqa: E402
 from benchmarks._stats import percentiles as _percentiles  # noqa: E402
 from serve.client import SessionClient  # noqa: E402
 
@@ -186,11 +187,7 @@ def main() -> int:
         },
         **result,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0 if not result["errors"] else 1
 
 

@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._server import add_server_args, server  # noqa: E402
-from benchmarks._stats import percentiles  # noqa: E402
+from benchmarks._stats import emit, percentiles  # noqa: E402
 from benchmarks.chat_load import MESSAGES  # noqa: E402
 from serve.client import SessionClient  # noqa: E402
 
@@ -508,11 +508,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         **result,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0 if result["sessions_dropped"] == 0 else 1
 
 
