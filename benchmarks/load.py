@@ -176,7 +176,7 @@ async def open_sessions(url: str, token: str, n: int, rate: float, in_flight: in
                         await client.__aexit__(None, None, None)
                     failures[f"connect:{type(exc).__name__}"] = failures.get(f"connect:{type(exc).__name__}", 0) + 1
                     return
-                queued_starts += bool(getattr(client, "queued", None))
+                queued_starts += bool(client.queued)
                 if started.get("type") == "session.started":
                     h = Held(i, client, started["session_id"])
                     h.reader = asyncio.create_task(h.read())

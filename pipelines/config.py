@@ -301,8 +301,8 @@ class Settings(BaseSettings):
     shed_latency_ms: float = Field(
         default=400.0,
         gt=0,
-        description="Overload: shed the non-critical stages too while the moving average of message → first "
-        "suggestion is above this (the assist SLO is 500 ms p95).",
+        description="Overload: shed the non-critical stages too while the 90th percentile of message → first "
+        "suggestion over the last 32 turns is above this (the assist SLO is 500 ms p95).",
     )
     admit_inflight_turns: int = Field(
         default=32,

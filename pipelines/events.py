@@ -136,7 +136,7 @@ class SessionStarted(_Event):
 
 class SessionQueued(_Event):
     """The server is at capacity: this new session waits and starts (``session.started``) as soon as there is
-    room. Sent again if the position changes much; ``server_busy`` if the wait runs out."""
+    room; ``server_busy`` if the wait runs out. Sent once, in place of ``session.started``, when the wait begins."""
 
     type: Literal["session.queued"] = "session.queued"
     position: int = Field(description="place in the queue, 1 = next")

@@ -29,23 +29,14 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 
 from . import metrics
 from .errors import ProtocolError
+from .events import SessionQueued
 
-__all__ = ["LoadGovernor", "Queued", "NON_CRITICAL"]
+__all__ = ["LoadGovernor", "NON_CRITICAL"]
 
 NON_CRITICAL = ("generation",)  # in the order they are shed
-
-
-@dataclass(frozen=True)
-class Queued:
-    """What a waiting session's client is told."""
-
-    position: int  # 1: next to start
-    reason: str  # sessions | load
-    timeout_s: float
 
 
 class LoadGovernor:
@@ -170,7 +161,7 @@ class LoadGovernor:
             return "load"
         return None
 
-    async def admit(self, notify: Callable[[Queued], Awaitable[None]]) -> None:
+    async def admit(self, notify: Callable[[SessionQueued], Awaitable[None]]) -> None:
         """Start a session now, or queue it (``notify`` tells its client) until it may start. Raises
         ``server_busy`` when the queue is full or the wait runs out. Pair with :meth:`leave`."""
         reason = self._admissible()
@@ -190,7 +181,16 @@ class LoadGovernor:
         metrics.set_session_queue(len(self._waiters))
         t0 = self.clock()
         try:
-            await notify(Queued(len(self._waiters), reason or "load", self.queue_timeout_s))
+            position = len(self._waiters)
+            await notify(
+                SessionQueued(
+                    position=position,
+                    reason=reason or "load",  # type: ignore[arg-type]
+                    notice=f"We are busier than usual: your conversation starts in a moment (number {position} "
+                    "in line).",
+                    timeout_s=self.queue_timeout_s,
+                )
+            )
             self._wake()
             await asyncio.wait_for(asyncio.shield(waiter), self.queue_timeout_s)
         except BaseException as exc:
@@ -217,7 +217,10 @@ class LoadGovernor:
         self._wake()
 
     def _wake(self) -> None:
-        """Admit waiters, first come first served, while there is room."""
+        """Admit waiters, first come first served, while there is room. Runs at every turn's end: with nobody
+        waiting it does nothing."""
+        if not self._waiters:
+            return
         while self._waiters and self._admissible() is None:
             waiter = self._waiters.popleft()
             if waiter.done():
@@ -231,7 +234,7 @@ class LoadGovernor:
             "sessions": self.sessions,
             "queued": len(self._waiters),
             "turns_in_flight": self.in_flight,
-            "critical_path_ms_avg": round(self.latency_ms, 1),
+            "critical_path_ms_p90": round(self.latency_ms, 1),
             "shedding": self.shedding,
             "generating": self.generating,
         }

@@ -18,6 +18,7 @@ class _Events:
     """What both clients share: collecting events and the session helpers on top of send/recv."""
 
     session_id: str | None
+    queued: list[dict[str, Any]]  # the `session.queued` notices the last start() waited through
 
     async def send(self, event: dict[str, Any] | str | bytes) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -43,7 +44,7 @@ class _Events:
         capacity first sends ``session.queued`` notices (kept in ``self.queued``); this waits through them."""
         await self.send({"type": "session.start", "channel": channel, "customer_id": customer_id, **extra})
         started = await self.recv()
-        self.queued: list[dict[str, Any]] = []
+        self.queued = []
         while started["type"] == "session.queued":
             self.queued.append(started)
             started = await self.recv(float(started.get("timeout_s", 60.0)) + 10.0)

@@ -23,7 +23,6 @@ from pipelines.events import (
     ChatMessage,
     ErrorEvent,
     SessionEnd,
-    SessionQueued,
     SessionSnapshot,
     SessionStart,
     SuggestionFeedback,
@@ -31,7 +30,6 @@ from pipelines.events import (
     parse_client_event,
 )
 from pipelines.live import LiveSession
-from pipelines.overload import Queued
 
 from .auth import Principal
 
@@ -191,7 +189,7 @@ class SessionConnection:
                 code="channel_unavailable",
             )
         governor = self.ingress.pipeline.governor
-        await governor.admit(self._queued)  # at capacity: waits with a `session.queued` notice
+        await governor.admit(self.transport.send)  # at capacity: waits with a `session.queued` notice
         self.admitted = True
         try:
             state, started = await self.ingress.pipeline.start_session(self.principal.tenant, event)
@@ -207,17 +205,6 @@ class SessionConnection:
             self.voice = await self.ingress._voice_session(
                 state, self.emit, fmt.encoding, fmt.sample_rate, fmt.channels, resumed=bool(started.resumed)
             )
-
-    async def _queued(self, queued: Queued) -> None:
-        await self.transport.send(
-            SessionQueued(
-                position=queued.position,
-                reason=queued.reason,  # type: ignore[arg-type]
-                notice=f"We are busier than usual: your conversation starts in a moment (number {queued.position} "
-                "in line).",
-                timeout_s=queued.timeout_s,
-            )
-        )
 
     async def _check_own(self, event: SessionStart) -> None:
         """A customer whose token names them (the JWT's ``sub``) holds only their own conversations: they may

@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 from pipelines.errors import ProtocolError
+from pipelines.events import SessionQueued
 from pipelines.metrics import snapshot
-from pipelines.overload import LoadGovernor, Queued
+from pipelines.overload import LoadGovernor
 
 pytestmark = [pytest.mark.unit]
 
@@ -90,9 +91,9 @@ def test_only_non_critical_stages_are_ever_shed():
 
 async def test_a_session_over_capacity_waits_with_a_notice_and_starts_when_one_ends():
     g = LoadGovernor(max_sessions=2, queue_timeout_s=5)
-    notices: list[Queued] = []
+    notices: list[SessionQueued] = []
 
-    async def notify(q: Queued) -> None:
+    async def notify(q: SessionQueued) -> None:
         notices.append(q)
 
     await g.admit(notify)
@@ -113,9 +114,9 @@ async def test_a_session_over_capacity_waits_with_a_notice_and_starts_when_one_e
 
 async def test_too_much_work_in_flight_queues_new_sessions_until_it_drains():
     g = LoadGovernor(admit_inflight_turns=2, shed_inflight_turns=1, queue_timeout_s=5)
-    notices: list[Queued] = []
+    notices: list[SessionQueued] = []
 
-    async def notify(q: Queued) -> None:
+    async def notify(q: SessionQueued) -> None:
         notices.append(q)
 
     busy = [g.turn(), g.turn()]
@@ -132,7 +133,7 @@ async def test_too_much_work_in_flight_queues_new_sessions_until_it_drains():
 async def test_a_wait_that_runs_out_or_a_full_queue_is_server_busy_and_retryable():
     g = LoadGovernor(max_sessions=1, queue_max=1, queue_timeout_s=0.2)
 
-    async def notify(q: Queued) -> None:
+    async def notify(q: SessionQueued) -> None:
         pass
 
     await g.admit(notify)
@@ -150,7 +151,7 @@ async def test_a_wait_that_runs_out_or_a_full_queue_is_server_busy_and_retryable
 async def test_a_client_that_leaves_while_queued_gives_its_place_back():
     g = LoadGovernor(max_sessions=1, queue_timeout_s=5)
 
-    async def notify(q: Queued) -> None:
+    async def notify(q: SessionQueued) -> None:
         pass
 
     await g.admit(notify)
