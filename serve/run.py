@@ -60,7 +60,14 @@ def _prepare(
 
     config = copy.deepcopy(yaml.safe_load(config_path.read_text()))
     app = config["applications"][0]
-    merged = {**(defaults or {}), **(app.get("args") or {}).get("settings", {}), **overrides}
+    # precedence: overrides > SWITCHBOARD_* env vars > the Serve config file's args.settings > defaults
+    # (settings passed as arguments beat the environment in pydantic, so a file value the env sets is left out)
+    from_file = {
+        k: v
+        for k, v in (app.get("args") or {}).get("settings", {}).items()
+        if f"SWITCHBOARD_{k.upper()}" not in os.environ
+    }
+    merged = {**(defaults or {}), **from_file, **overrides}
     settings = Settings(**merged)
     # Replicas may start in another working directory: pin every local path.
     absolute = {"data_dir": Path(settings.data_dir).resolve()}

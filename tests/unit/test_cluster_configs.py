@@ -81,6 +81,22 @@ def test_serve_config_validates_as_written_and_as_launched(path: Path, monkeypat
     assert "dev_token" not in prepared["applications"][0]["args"]["settings"]  # Serve logs app args
 
 
+def test_an_env_var_beats_the_serve_config_file_and_an_override_beats_both(monkeypatch):
+    import pipelines.indexing
+    import serve.auth
+    from serve.run import _prepare
+
+    monkeypatch.setattr(pipelines.indexing, "build_index", lambda settings: None)
+    monkeypatch.setattr(serve.auth, "resolve_dev_token", lambda settings: "unit-test-token")
+    local = CLUSTER / "serve-local.yaml"
+    assert _prepare(local, {}, 8123)[1].max_concurrent_generations == 2  # the file's value
+    monkeypatch.setenv("SWITCHBOARD_MAX_CONCURRENT_GENERATIONS", "5")
+    _, settings, _ = _prepare(local, {}, 8123)
+    assert settings.max_concurrent_generations == 5
+    _, settings, _ = _prepare(local, {"max_concurrent_generations": 7}, 8123)
+    assert settings.max_concurrent_generations == 7
+
+
 @pytest.mark.parametrize("generation", ["vllm", "none"])
 @pytest.mark.parametrize("voice", [True, False])
 def test_launching_without_voice_or_generation_deploys_only_what_the_app_builds(voice, generation, monkeypatch):
