@@ -58,6 +58,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmarks._cpu import cpu_delta, tree_cpu  # noqa: E402
 from benchmarks._server import add_server_args, server  # noqa: E402
 from benchmarks._stats import emit  # noqa: E402
 from benchmarks._stats import percentiles as _percentiles  # noqa: E402
@@ -213,58 +214,6 @@ def asr_probe(spec: CallSpec, repeats: int = 3) -> dict[str, Any] | None:
         list(segments)
         times.append(time.perf_counter() - t)
     return {"audio_s": round(audio.size / RATE, 2), "median_s": round(statistics.median(times), 3)}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# server CPU (Linux /proc; no psutil needed)
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _proc_table() -> dict[int, tuple[int, float, str]]:
-    """pid → (ppid, cpu seconds, cmdline) for every process we can read."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        rest = stat[stat.rfind(")") + 2 :].split()
-        ppid, utime, stime = int(rest[1]), int(rest[11]), int(rest[12])
-        table[int(entry)] = (ppid, (utime + stime) / _TICK, cmd)
-    return table
-
-
-def tree_cpu(root: int, *, include_root: bool = True) -> dict[str, float]:
-    """CPU seconds of ``root``'s descendants, total and per process title (Ray replicas are titled
-    ``ray::ServeReplica:<app>:<deployment>``)."""
-    table = _proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    out: dict[str, float] = {"total": 0.0}
-    stack = [root] if include_root else list(children.get(root, []))
-    while stack:
-        pid = stack.pop()
-        if pid not in table:
-            continue
-        _, cpu, cmd = table[pid]
-        if pid != root or include_root:
-            out["total"] += cpu
-            if "ServeReplica:" in cmd:
-                name = cmd.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
-                out[f"replica:{name}"] = out.get(f"replica:{name}", 0.0) + cpu
-        stack.extend(children.get(pid, []))
-    return out
-
-
-def cpu_delta(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float] | None:
-    if before is None or after is None:
-        return None
-    return {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
 
 
 # ---------------------------------------------------------------------------------------------------------

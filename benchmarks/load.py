@@ -22,7 +22,7 @@ Phases, all on one server:
    not just its TCP connection. Any that does not is a drop.
 
 The result has sessions held and dropped, each rate's p50/p95/p99, the highest rate that met the target, the
-server's CPU and memory (``--start``: the Ray processes on this machine) and the cost per session from the
+server's CPU and memory (with ``--start``: every process of the server it launched) and the cost per session from the
 session summaries (tokens) and CPU seconds.
 """
 
@@ -43,6 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._cpu import tree_cpu, tree_rss_mb  # noqa: E402
 from benchmarks._server import add_server_args, server  # noqa: E402
 from benchmarks._stats import emit, percentiles  # noqa: E402
 from benchmarks.chat_load import MESSAGES  # noqa: E402
@@ -99,48 +100,13 @@ class Held:
 
 
 class ServerMeter:
-    """CPU seconds and memory of the server's processes: the Ray processes this run launched (``--start``), or
-    every Ray process on this machine. The benchmark's own process is never counted. CPU is also broken down by
-    process role from Ray's process titles (``ray::ServeReplica:switchboard:ingress`` -> ``ingress``,
-    ``ray::ProxyActor`` -> ``proxy``), which is what turns a run into per-replica capacity (cluster/CAPACITY.md)."""
-
-    def __init__(self, launched_here: bool) -> None:
-        import psutil
-
-        self.psutil = psutil
-        self.launched_here = launched_here
-        self._cpu: dict[int, tuple[str, float]] = {}
-
-    def processes(self) -> list:
-        ps = self.psutil
-        me = os.getpid()
-        if self.launched_here:
-            procs = ps.Process(me).children(recursive=True)
-        else:
-            procs = [p for p in ps.process_iter(["cmdline"]) if "ray" in " ".join(p.info["cmdline"] or [])]
-        return [p for p in procs if p.pid != me]
-
-    @staticmethod
-    def role(cmdline: list[str]) -> str:
-        title = (cmdline[0] if cmdline else "").split(" ")[0]
-        if title.startswith("ray::ServeReplica:"):
-            return title.rsplit(":", 1)[-1]  # the deployment
-        if title.startswith("ray::"):
-            return {"ProxyActor": "proxy", "ServeController": "controller"}.get(title[5:], "ray_other")
-        return "ray_system"  # raylet, GCS, dashboard agents, vLLM's engine core process, ...
+    """CPU seconds (by deployment and role, ``benchmarks/_cpu.py``) and memory of the server this run launched
+    (``--start``: every process under this one). The benchmark's own process is not counted."""
 
     def sample(self) -> dict[str, Any]:
-        rss = 0
-        for p in self.processes():
-            with contextlib.suppress(self.psutil.Error):
-                t = p.cpu_times()
-                role = self._cpu[p.pid][0] if p.pid in self._cpu else self.role(p.cmdline())
-                self._cpu[p.pid] = (role, t.user + t.system)
-                rss += p.memory_info().rss
-        by_role: dict[str, float] = {}
-        for role, cpu in self._cpu.values():  # processes that exited keep what they used
-            by_role[role] = by_role.get(role, 0.0) + cpu
-        return {"cpu_s": sum(by_role.values()), "rss_mb": rss / 2**20, "by_role": by_role}
+        cpu = tree_cpu(os.getpid(), include_root=False)
+        by_role = {k.removeprefix("replica:"): v for k, v in cpu.items() if k != "total"}
+        return {"cpu_s": cpu["total"], "rss_mb": tree_rss_mb(os.getpid(), include_root=False), "by_role": by_role}
 
     @staticmethod
     def spent(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
@@ -498,7 +464,7 @@ def main() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.idle * 2 + 4096), hard))
 
     with contextlib.redirect_stdout(sys.stderr), server(args) as target:
-        meter = ServerMeter(launched_here=args.start)
+        meter = ServerMeter() if args.start else None  # a server elsewhere: its CPU is not ours to read
         result = asyncio.run(run(args, target.url, target.token, meter))
     result = {
         "benchmark": "load",
