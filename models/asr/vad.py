@@ -89,8 +89,11 @@ class VadSegmenter:
       ``threshold - 0.15`` to count as silence (hysteresis, as Silero's own iterator does);
     * speech becomes a segment once ``min_speech_ms`` of speech windows have accumulated without a pause of
       ``min_silence_ms``; shorter blips (a cough, a click) produce no event at all;
-    * a segment ends after ``min_silence_ms`` of silence; ``start`` is moved ``speech_pad_ms`` earlier and
-      ``end`` ``speech_pad_ms`` later (never overlapping the previous segment, never past the audio fed);
+    * a segment ends after ``min_silence_ms`` of silence; ``start`` is moved ``start_pad_ms`` earlier and
+      ``end`` ``speech_pad_ms`` later (never overlapping the previous segment, never past the audio fed). The
+      lead is longer because it costs no latency and Whisper hears a word's onset better with silence in front
+      of it: with the VAD's segments of 8 synthetic calls, tiny.en's WER was 9.7 % with a 100 ms lead, 8.6 %
+      with 300 ms and 10.0 % with 600 ms (it starts to hear the other party's tail);
     * a segment reaching ``max_segment_s`` is force-split: ``end`` then ``start`` at the same time, placed at
       the latest short pause in its second half when there is one, else at the current position (if the
       limit falls inside a pause, the segment just ends there and the next speech starts a new one).
@@ -106,6 +109,7 @@ class VadSegmenter:
         threshold: float = 0.5,
         min_silence_ms: int = 400,
         speech_pad_ms: int = 100,
+        start_pad_ms: int = 300,
         min_speech_ms: int = 200,
         max_segment_s: float = 15.0,
     ) -> None:
@@ -118,6 +122,7 @@ class VadSegmenter:
         self.neg_threshold = max(threshold - 0.15, 0.01)
         self.min_silence_s = min_silence_ms / 1000
         self.speech_pad_s = speech_pad_ms / 1000
+        self.start_pad_s = start_pad_ms / 1000
         self.min_speech_s = min_speech_ms / 1000
         self.max_segment_s = max_segment_s
         self._window = np.zeros((1, _CONTEXT + WINDOW), dtype=np.float32)
@@ -142,6 +147,11 @@ class VadSegmenter:
     @property
     def is_speaking(self) -> bool:
         return self._speaking
+
+    @property
+    def in_pause(self) -> bool:
+        """A segment is open and its speaker has gone quiet (it may be about to end)."""
+        return self._speaking and self._silence_since is not None
 
     @property
     def pause_end(self) -> float | None:
@@ -207,7 +217,7 @@ class VadSegmenter:
             if self._onset is not None:
                 self._voiced += WINDOW / SAMPLE_RATE
                 if self._voiced >= self.min_speech_s:
-                    start = max(self._onset - self.speech_pad_s, self._last_end, 0.0)
+                    start = max(self._onset - self.start_pad_s, self._last_end, 0.0)
                     events.append(VadEvent("start", round(start, 3)))
                     self._speaking = True
                     self._segment_start = start

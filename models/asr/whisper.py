@@ -359,10 +359,15 @@ class FasterWhisperAsr:
         beam_size: int | None = None,
         word_timestamps: bool | None = None,
         temperature: float | Sequence[float] | None = None,
+        window_margin_s: float | None | object = ...,
     ) -> FasterWhisperAsr:
         """The same loaded model with other decoding options (no second copy of the weights); calls through
         either object share CTranslate2's workers."""
         other = copy.copy(self)
+        if window_margin_s is not ...:
+            if window_margin_s is not None and window_margin_s < 0:  # type: ignore[operator]
+                raise ValueError("window_margin_s must be >= 0 (or None for Whisper's full 30 s window)")
+            other.window_margin_s = window_margin_s  # type: ignore[assignment]
         if temperature is not None:
             other._temperature = [temperature] if isinstance(temperature, int | float) else list(temperature)
         if beam_size is not None:

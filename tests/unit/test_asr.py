@@ -242,8 +242,12 @@ def test_vad_finds_two_utterances_fed_in_20ms_frames(vad, speech: list[tuple[str
     segmenter = VadSegmenter(vad)
     events = feed_in_frames(segmenter, audio)
     assert [e.kind for e in events] == ["start", "end", "start", "end"]
-    for event, expected in zip(events, [1.0, t1, t2, t3], strict=True):
-        assert event.time == pytest.approx(expected, abs=0.3), events
+    # starts lead the speech by the start pad (silence in front of a word helps Whisper), ends trail it by
+    # the (shorter) end pad, which is latency
+    lead, trail = segmenter.start_pad_s, segmenter.speech_pad_s
+    assert lead > trail
+    for event, expected in zip(events, [1.0 - lead, t1 + trail, t2 - lead, t3 + trail], strict=True):
+        assert event.time == pytest.approx(expected, abs=0.15), events
     assert all(isinstance(e, VadEvent) for e in events) and not segmenter.is_speaking
 
     segmenter.reset()  # any chunk length gives the same events
@@ -552,11 +556,14 @@ def test_short_window_transcribes_like_the_full_window(tiny, speech) -> None:
 @pytest.mark.slow
 def test_variant_shares_the_model_with_other_decoding(tiny, speech) -> None:
     text, audio = speech[0]
-    preview = tiny.variant(beam_size=1, word_timestamps=False, temperature=0.0)
+    preview = tiny.variant(beam_size=1, word_timestamps=False, temperature=0.0, window_margin_s=2.0)
     assert preview._model is tiny._model and tiny.beam_size == 1 and tiny.word_timestamps
+    assert preview._window_frames(3.2) == 520 and tiny._window_frames(3.2) == 1320  # its own, shorter window
     result = preview.transcribe(audio)
     assert wer(text, result.text) <= 0.2 and result.words == () and 0 < result.confidence <= 1
     assert not preview.capabilities.word_timestamps and tiny.capabilities.word_timestamps
+    with pytest.raises(ValueError, match="window_margin_s"):
+        tiny.variant(window_margin_s=-1.0)
 
 
 def test_immediately_repeated_phrases_are_kept_once() -> None:

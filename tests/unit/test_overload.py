@@ -250,3 +250,37 @@ def test_a_generator_busy_with_its_limit_of_replies_sheds_new_ones_without_overl
         assert g.shed("generation", "demo", "chat")
         assert not g.shed("assist", "demo", "chat")
     assert not g.shed("generation", "demo", "chat")
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="per-thread nice is Linux's")
+def test_the_generator_yields_the_cpu_in_every_thread_and_every_process_it_starts_later():
+    """The response_generator replica lowers its own priority before vLLM spawns its engine processes: every
+    thread already running (Ray's, asyncio's) and every process started afterwards runs at the lower priority."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import json, os, subprocess, sys, threading
+        from serve.deployments import lower_cpu_priority
+        started, stop = threading.Event(), threading.Event()
+        def early():  # a thread that exists before the call, like Ray's
+            started.set(); stop.wait()
+        threading.Thread(target=early, daemon=True).start(); started.wait()
+        assert lower_cpu_priority(0) == 0
+        changed = lower_cpu_priority(12)
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+        nices = {os.getpriority(os.PRIO_PROCESS, t) for t in tids}
+        child = subprocess.run([sys.executable, "-c", "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        print(json.dumps([changed, len(tids), sorted(nices), int(child), lower_cpu_priority(12)]))
+        stop.set()
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    changed, threads, nices, child, again = json.loads(out.stdout.strip().splitlines()[-1])
+    assert changed >= 2 and threads >= 2  # the main thread and the early one, at least
+    assert nices == [12] and child == 12
+    assert again == 0  # already there: nothing to change

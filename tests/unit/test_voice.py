@@ -116,6 +116,21 @@ def attribution(finals: list[dict], turns) -> float:
     return sum(mapping[p] == r for p, r in pairs) / len(pairs)
 
 
+def test_partials_use_the_fast_settings_and_finals_the_accurate_ones(voice_models):
+    from pipelines.config import Settings
+
+    s = Settings()
+    partial, final = voice_models["engines"]["partial"], voice_models["engines"]["final"].engines[0]
+    assert partial._model is final._model  # one copy of the weights
+    assert (partial.beam_size, partial.word_timestamps, partial.window_margin_s) == (
+        s.asr_partial_beam_size, False, s.asr_partial_window_margin_s
+    )
+    assert (final.beam_size, final.word_timestamps, final.window_margin_s) == (
+        s.asr_final_beam_size, True, s.asr_window_margin_s
+    )
+    assert s.asr_partial_window_margin_s < s.asr_window_margin_s and s.asr_partial_beam_size < s.asr_final_beam_size
+
+
 async def test_two_speaker_call_transcribed_in_order_with_speakers(session_factory, call):
     make, store, _ = session_factory
     voice, rec, state = await make()
@@ -279,3 +294,24 @@ async def test_speculative_finals_are_used_not_transcribed_twice(session_factory
         )
     # speculations that speech interrupted were not wasted: they went out as partials
     assert len(final_sizes) >= len(finals) and rec.of("transcript.partial")
+
+
+def test_partials_are_timed_to_arrive_every_interval_one_at_a_time():
+    from types import SimpleNamespace
+
+    from pipelines.voice import VoiceSession, _Channel
+
+    session = SimpleNamespace(settings=SimpleNamespace(partial_interval_s=0.8))
+    ch = _Channel(0, SimpleNamespace(in_pause=False), None)
+    ch.partial_due, ch.partial_lead = 10.0, 0.3  # the last one was sent at 9.2; ASR takes ~0.3 s
+    wanted = VoiceSession._partial_wanted
+    assert not wanted(session, ch, 9.6) and wanted(session, ch, 9.7)  # asked for 0.3 s before it is due
+    ch.partial_requested, ch.partial_tasks = 9.7, {object()}  # one in flight
+    assert not wanted(session, ch, 10.2)  # no second request while it runs...
+    assert wanted(session, ch, 10.5)  # ...unless it is stuck for a whole interval: a fresher one supersedes it
+    ch.partial_tasks = set()
+    assert not wanted(session, ch, 9.8) and wanted(session, ch, 9.9)  # nothing came back: retry soon, not at once
+    ch.segmenter.in_pause = True
+    assert not wanted(session, ch, 11.0)  # a pause: the final may be due and has the ASR
+    ch.segmenter.in_pause, ch.speculation = False, object()
+    assert not wanted(session, ch, 11.0)  # a speculative final runs: it is the next partial if speech resumes
