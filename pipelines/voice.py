@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -314,6 +315,8 @@ class VoiceSession:
             return
         if not result.text.strip() or uid in self._finalized or seq < ch.partial_sent:
             return  # nothing heard (or superseded), the final is already out, or a newer partial was sent
+        if _stuck(result.text):
+            return  # a preview of a decoder loop ("I... I... I... I..."): the next partial or the final follows
         text = await self.pipeline.redact_partial(result.text.strip())
         if text is None or uid in self._finalized or seq < ch.partial_sent:
             return
@@ -492,6 +495,13 @@ class VoiceSession:
         await self._analyser
         if self.recorder is not None:
             await self.recorder.close()
+
+
+def _stuck(text: str, run: int = 4) -> bool:
+    """The same word ``run`` times in a row: on a second of audio, fast previews (short window, greedy) sometimes
+    loop on one word ("little little little little ..."); people rarely say a word four times running."""
+    words = re.findall(r"[\w']+", text.lower())
+    return any(len(set(words[i : i + run])) == 1 for i in range(len(words) - run + 1))
 
 
 def _consume(task: asyncio.Task[Any]) -> None:

@@ -315,3 +315,12 @@ def test_partials_are_timed_to_arrive_every_interval_one_at_a_time():
     assert not wanted(session, ch, 11.0)  # a pause: the final may be due and has the ASR
     ch.segmenter.in_pause, ch.speculation = False, object()
     assert not wanted(session, ch, 11.0)  # a speculative final runs: it is the next partial if speech resumes
+
+
+def test_a_preview_stuck_on_one_word_is_not_sent():
+    from pipelines.voice import _stuck
+
+    assert _stuck("This is little little little little little little")
+    assert _stuck("I... I... I... I... I...")
+    assert not _stuck("no no no, that is not what I said")  # three times is speech
+    assert not _stuck("I need a refill of my prescription") and not _stuck("")
