@@ -1,8 +1,8 @@
 """Shared by the benchmark scripts: CPU seconds and memory of a server's process tree, read from Linux /proc (no
 psutil needed), by role. Ray titles its processes: ``ray::ServeReplica:<app>:<deployment>`` is a replica
 (``replica:<deployment>``), ``ray::ProxyActor`` the HTTP/gRPC proxy (``proxy``), ``ray::ServeController`` the
-controller; other ``ray::`` workers are ``ray_other``, and raylet, GCS, dashboard agents and vLLM's engine-core
-process are ``ray_system``."""
+controller; other ``ray::`` workers are ``ray_other``; vLLM's engine processes (``VLLM::EngineCore``,
+``VLLM::Worker``) are ``generator_engine``, and raylet, GCS and dashboard agents are ``ray_system``."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def _role(cmd: str) -> str:
     (``ray::ServeReplica:switchboard:ingress.handle_request_with_rejection``), so that part is dropped: a
     process keeps one role whatever it is doing."""
     title = cmd.split(" ", 1)[0]
+    if title.startswith("VLLM::"):  # the suggested-reply engine: work, not Ray's overhead
+        return "generator_engine"
     if not title.startswith("ray::"):
         return "ray_system"
     name = title[5:].split(".", 1)[0]
