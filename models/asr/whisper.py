@@ -23,6 +23,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, Literal
 
 import numpy as np
@@ -276,6 +277,12 @@ def _short_window_model_class() -> type:
 _ShortWindowWhisperModel: type | None = None
 
 
+def _check_margin(margin: float | None) -> float | None:
+    if margin is not None and margin < 0:
+        raise ValueError("window_margin_s must be >= 0 (or None for Whisper's full 30 s window)")
+    return margin
+
+
 class FasterWhisperAsr:
     """Whisper on CTranslate2 (CPU int8 by default); the packaged tiny.en and base, or any converted folder.
 
@@ -319,8 +326,7 @@ class FasterWhisperAsr:
             ) from exc
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if window_margin_s is not None and window_margin_s < 0:
-            raise ValueError("window_margin_s must be >= 0 (or None for Whisper's full 30 s window)")
+        _check_margin(window_margin_s)
         self.path = path
         self.name = name or f"faster-whisper:{path.name}"
         self.language = language
@@ -359,15 +365,14 @@ class FasterWhisperAsr:
         beam_size: int | None = None,
         word_timestamps: bool | None = None,
         temperature: float | Sequence[float] | None = None,
-        window_margin_s: float | None | object = ...,
+        window_margin_s: float | None | EllipsisType = ...,
     ) -> FasterWhisperAsr:
         """The same loaded model with other decoding options (no second copy of the weights); calls through
-        either object share CTranslate2's workers."""
+        either object share CTranslate2's workers. ``window_margin_s=None`` means Whisper's full window, so
+        leaving it out keeps this object's margin."""
         other = copy.copy(self)
         if window_margin_s is not ...:
-            if window_margin_s is not None and window_margin_s < 0:  # type: ignore[operator]
-                raise ValueError("window_margin_s must be >= 0 (or None for Whisper's full 30 s window)")
-            other.window_margin_s = window_margin_s  # type: ignore[assignment]
+            other.window_margin_s = _check_margin(window_margin_s)
         if temperature is not None:
             other._temperature = [temperature] if isinstance(temperature, int | float) else list(temperature)
         if beam_size is not None:
