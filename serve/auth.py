@@ -148,14 +148,17 @@ class Principal:
 
 
 def resolve_dev_token(settings: Settings) -> str:
-    """The configured token, else the one in ``<data_dir>/dev-token``, else a new random one (saved 0600)."""
+    """The configured token, else the one in ``<data_dir>/dev-token``, else a new random one (saved 0600).
+
+    A new token starts with ``dev_``: a bare URL-safe token begins with ``-`` one time in 64, and a command line
+    then reads ``--token -abc…`` as an option instead of its value."""
     path = Path(settings.data_dir) / "dev-token"
     if settings.dev_token:
         token = settings.dev_token
     elif path.exists() and path.read_text().strip():
         return path.read_text().strip()
     else:
-        token = secrets.token_urlsafe(24)
+        token = f"dev_{secrets.token_urlsafe(24)}"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -196,6 +196,18 @@ def test_dev_tokens_still_authenticate_in_local_mode():
         TokenAuthority("")
 
 
+def test_a_new_dev_token_never_starts_with_a_dash(tmp_path, monkeypatch):
+    """``secrets.token_urlsafe`` begins with ``-`` one time in 64; ``--token -x…`` then fails on every CLI."""
+    from serve.auth import resolve_dev_token
+    from serve.cli import build_parser
+
+    monkeypatch.setattr(auth_module.secrets, "token_urlsafe", lambda n: "-unlucky-draw")
+    token = resolve_dev_token(Settings(data_dir=str(tmp_path)))
+    assert not token.startswith("-") and token.endswith("-unlucky-draw")
+    assert (tmp_path / "dev-token").read_text().strip() == token
+    assert build_parser().parse_args(["tail", "ses_x", "--token", token]).token == token
+
+
 def test_principal_keeps_positional_construction_and_gains_a_subject():
     assert Principal("demo", "agent") == Principal(tenant="demo", role="agent", subject=None)
     assert Principal("acme", "admin", "alice").subject == "alice"
