@@ -157,6 +157,8 @@ def launch(
     config, resolved, token = _prepare(Path(config_path), settings or {}, port, grpc_port, defaults)
     schema = ServeDeploySchema.model_validate(config)
     os.environ.setdefault("RAY_worker_niceness", "0")
+    if resolved.ingress_proxy == "haproxy":
+        _use_haproxy(local=address is None and not ray.is_initialized())
     if not ray.is_initialized():
         _say(f"connecting to Ray at {address}" if address else "starting Ray (local)")
         ray.init(
@@ -189,6 +191,22 @@ def launch(
     )
 
 
+def _use_haproxy(*, local: bool) -> None:
+    """Ray Serve's HAProxy ingress (``ingress_proxy: haproxy``). Serve's controller and replicas read the switch
+    from their environment, which they inherit from the Ray started here; a Ray already running (a cluster, or
+    one this process started earlier) keeps the front door it was started with."""
+    if not local:
+        if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+            _say(
+                "ingress_proxy=haproxy has no effect on a Ray that is already running: "
+                "set RAY_SERVE_ENABLE_HA_PROXY=1 where that Ray starts"
+            )
+        return
+    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    # one node and no outer load balancer to drain connections away from a stopping replica (Ray's default: 30 s)
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+
+
 def _serve_tracing(settings: Settings) -> Any:
     """Ray Serve's tracing, on when spans are exported: it carries each handle call's trace context into the
     replica (its ``replica_handle_request`` span joins the session's trace). Its hook installs the provider
@@ -218,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "--config", type=Path, default=DEFAULT_CONFIG, help="Serve config file (default: %(default)s)"
     )
     parser.add_argument("--port", type=int, help="override the HTTP port in the config")
+    parser.add_argument("--grpc-port", type=int, help="override the gRPC port in the config")
     parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     args = parser.parse_args(argv)
     from pipelines import logs
@@ -226,7 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     # `make serve`: spans to the console unless SWITCHBOARD_TRACE_EXPORTER or the config file chose otherwise
     defaults = {} if "SWITCHBOARD_TRACE_EXPORTER" in os.environ else {"trace_exporter": "console"}
     try:
-        running = launch(args.config, port=args.port, dashboard=not args.no_dashboard, defaults=defaults)
+        running = launch(
+            args.config,
+            port=args.port,
+            grpc_port=args.grpc_port,
+            dashboard=not args.no_dashboard,
+            defaults=defaults,
+        )
     except (FileNotFoundError, TimeoutError, RuntimeError, ValueError) as exc:
         _say(f"could not start: {exc}")
         shutdown()
