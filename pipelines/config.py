@@ -247,11 +247,12 @@ class Settings(BaseSettings):
         default=1, ge=1, le=16, description="Beam width for partial transcripts."
     )
     asr_window_margin_s: float | None = Field(
-        default=10.0,
+        default=7.0,
         ge=0,
         le=30,
         description="faster-whisper: encode the utterance plus this much silence instead of a 30 s window "
-        "(~2x faster on CPU, lower WER measured). Unset: Whisper's full window.",
+        "(~2x faster on CPU, lower WER measured). 7 s vs 10 s, 4 streams on 2 cores: final p95 0.65-0.92 vs "
+        "1.09-1.48 s, WER 8.6 vs 8.2 % and 11.4 vs 11.7 % on two sets of calls; 5 s cost WER. Unset: the full window.",
     )
     asr_partial_window_margin_s: float | None = Field(
         default=2.0,
