@@ -747,6 +747,17 @@ def compare(a: dict, b: dict) -> dict:
     return out
 
 
+def _server_settings() -> dict[str, Any]:
+    """The voice settings a ``--start`` server runs with (defaults, overridden by SWITCHBOARD_* env vars)."""
+    from pipelines.config import Settings
+
+    s = Settings()
+    keys = ("ingress_proxy", "asr_final_model", "asr_partial_model", "asr_final_beam_size", "asr_window_margin_s",
+            "asr_partial_window_margin_s", "asr_workers", "partial_interval_s", "vad_min_silence_ms",
+            "generation_backend", "generation_cpu_nice")  # fmt: skip
+    return {k: getattr(s, k) for k in keys}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -849,6 +860,7 @@ def main() -> int:
             "stagger_s": args.stagger_s,
             "seed": args.seed,
             "peer_quiet_s": args.peer_quiet_s if args.peer else None,
+            "server": _server_settings() if args.start else None,
         },
         "calls": [
             {"stream": sp.index, "audio_s": round(sp.duration_s, 2), "turns": len(sp.call.turns)}
