@@ -43,23 +43,24 @@ def haproxy_app(tmp_path_factory, index_dir):
         "SWITCHBOARD_INDEX_DIR": str(index_dir),
         "SWITCHBOARD_GENERATION_BACKEND": "none",  # the front door is under test, not the reply engine
         "SWITCHBOARD_TRACE_EXPORTER": "none",
+        "SWITCHBOARD_RAY_LOG_TO_DRIVER": "0",
     }
-    log = (data_dir / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serve.run", "--no-dashboard", "--port", str(port), "--grpc-port", str(grpc_port)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
-    )  # fmt: skip
+    out, log = data_dir / "serve.out", data_dir / "serve.log"
+    with out.open("w") as stdout, log.open("w") as stderr:  # files, not pipes: a full pipe would stall the server
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serve.run", "--no-dashboard", "--port", str(port), "--grpc-port", str(grpc_port)],
+            cwd=REPO, env=env, stdout=stdout, stderr=stderr, text=True,
+        )  # fmt: skip
     token = None
     deadline = time.monotonic() + 600
-    assert proc.stdout is not None
-    while time.monotonic() < deadline and proc.poll() is None:
-        line = proc.stdout.readline()
-        if line.strip().startswith("dev token :"):
-            token = line.split(":", 1)[1].split()[0]
-            break
+    while token is None and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(1.0)
+        for line in out.read_text().splitlines():
+            if line.strip().startswith("dev token :"):
+                token = line.split(":", 1)[1].split()[0]
     if token is None:
         proc.kill()
-        pytest.fail(f"serve.run with HAProxy did not start: {(data_dir / 'serve.log').read_text()[-3000:]}")
+        pytest.fail(f"serve.run with HAProxy did not start: {log.read_text()[-3000:]}")
     yield proc, f"ws://127.0.0.1:{port}/v1/sessions", f"grpc://127.0.0.1:{grpc_port}", token
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
