@@ -35,20 +35,26 @@ def pg_session_database():
     admin.dispose()
 
 
+def prepared_data_dir(tmp_path_factory, name: str):
+    """A fresh data folder an app can start on: Feast's sample customers applied and materialized (SQLite online
+    store), and the embedded MLflow store created before replicas poll it."""
+    from pipelines.config import Settings
+    from pipelines.features import setup
+    from pipelines.registry import mlflow_store
+
+    data_dir = tmp_path_factory.mktemp(name)
+    setup(Settings(data_dir=data_dir))
+    with mlflow_store(Settings(data_dir=data_dir)):
+        pass
+    return data_dir
+
+
 @pytest.fixture(scope="session")
 def app(tmp_path_factory, index_dir, pg_session_database, smollm2_dir):
     """The real Serve application from cluster/serve-local.yaml, on a free port."""
     from serve.run import launch, shutdown
 
-    data_dir = tmp_path_factory.mktemp("serve-data")
-    from pipelines.config import Settings
-    from pipelines.features import setup
-
-    setup(Settings(data_dir=data_dir))  # Feast: sample customers, apply, materialize (SQLite online store)
-    from pipelines.registry import mlflow_store
-
-    with mlflow_store(Settings(data_dir=data_dir)):  # the embedded MLflow store exists before replicas poll it
-        pass
+    data_dir = prepared_data_dir(tmp_path_factory, "serve-data")
     running = launch(
         settings={
             "data_dir": str(data_dir),

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from serve.cli import main
-from tests.integration.conftest import _free_port
+from tests.integration.conftest import _free_port, prepared_data_dir
 from tests.integration.test_cli import MESSAGE, _json_lines, _write_wav
 from tests.integration.test_serve_voice import call  # noqa: F401 - the espeak-ng call fixture
 
@@ -26,14 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def haproxy_app(tmp_path_factory, index_dir):
-    from pipelines.config import Settings
-    from pipelines.features import setup
-    from pipelines.registry import mlflow_store
-
-    data_dir = tmp_path_factory.mktemp("haproxy-data")
-    setup(Settings(data_dir=data_dir))
-    with mlflow_store(Settings(data_dir=data_dir)):
-        pass
+    data_dir = prepared_data_dir(tmp_path_factory, "haproxy-data")
     port, grpc_port = _free_port(), _free_port()
     env = {
         **os.environ,
@@ -61,7 +54,7 @@ def haproxy_app(tmp_path_factory, index_dir):
     if token is None:
         proc.kill()
         pytest.fail(f"serve.run with HAProxy did not start: {log.read_text()[-3000:]}")
-    yield proc, f"ws://127.0.0.1:{port}/v1/sessions", f"grpc://127.0.0.1:{grpc_port}", token
+    yield proc, port, f"ws://127.0.0.1:{port}/v1/sessions", f"grpc://127.0.0.1:{grpc_port}", token
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -72,8 +65,7 @@ def haproxy_app(tmp_path_factory, index_dir):
 
 
 def test_haproxy_listens_on_the_http_port(haproxy_app):
-    proc, ws_url, *_ = haproxy_app
-    port = int(ws_url.split(":")[2].split("/")[0])
+    proc, port, *_ = haproxy_app
     haproxies = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "haproxy"]
     assert haproxies, "no haproxy process under serve.run"
     listening = {c.laddr.port for p in haproxies for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
@@ -81,7 +73,7 @@ def test_haproxy_listens_on_the_http_port(haproxy_app):
 
 
 def test_a_voice_call_over_the_websocket_through_haproxy(haproxy_app, call, tmp_path, capsys):  # noqa: F811
-    _, ws_url, _, token = haproxy_app
+    _, _, ws_url, _, token = haproxy_app
     wav = _write_wav(tmp_path / "call.wav", call.audio, 16000)
     assert main(["call", str(wav), "--no-realtime", "--url", ws_url, "--token", token, "--json"]) == 0
     events = _json_lines(capsys.readouterr().out)
@@ -93,7 +85,7 @@ def test_a_voice_call_over_the_websocket_through_haproxy(haproxy_app, call, tmp_
 
 
 def test_a_chat_over_grpc_and_a_clean_stop(haproxy_app, capsys):
-    proc, _, grpc_url, token = haproxy_app
+    proc, _, _, grpc_url, token = haproxy_app
     assert main(["chat", "--url", grpc_url, "--token", token, "--message", MESSAGE, "--json"]) == 0
     events = _json_lines(capsys.readouterr().out)
     assert [e["text"] for e in events if e["type"] == "transcript.final"] == [MESSAGE]
