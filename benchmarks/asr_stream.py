@@ -21,7 +21,11 @@ Definitions (the same for both systems where the metric exists):
   sample was sent.
 - partial.first_ms: speech start → first ``transcript.partial`` of the turn (WhisperLive: first message with
   text for the turn). partial.interval_ms: time between successive partial updates (switchboard: partials;
-  WhisperLive: segment messages) that arrive while the turn is being spoken.
+  WhisperLive: segment messages) that arrive while the turn is being spoken. A turn with a pause long
+  enough to end an utterance (switchboard: ``vad_min_silence_ms``) has a final, not a partial, in that gap,
+  so partial.interval_ms counts the pause too; update.interval_ms is the time between successive updates of
+  the turn's text of either kind (switchboard: partials and finals; WhisperLive: its messages, the same as
+  its partial.interval_ms) that arrive while the turn is being spoken.
 - final.client_ms: speech end → arrival of the turn's last final (WhisperLive: the last message that changed
   the turn's text; the socket is held open after the last frame until a segment reaching the end of the
   speech has arrived and the transcript has been unchanged for --peer-quiet-s, at most 90 s).
@@ -227,6 +231,7 @@ class StreamObs:
     index: int
     frame_walls: list[float] = field(default_factory=list)
     partials: list[tuple[float, int | None]] = field(default_factory=list)  # (arrival, turn)
+    updates: list[tuple[float, int | None]] = field(default_factory=list)  # partials and finals: (arrival, turn)
     first_partial: dict[int, float] = field(default_factory=dict)
     final_at: dict[int, float] = field(default_factory=dict)  # turn → arrival of its last final
     server_latency_ms: list[float] = field(default_factory=list)
@@ -275,6 +280,7 @@ async def switchboard_stream(
                     if kind == "transcript.partial":
                         ti = turn_of(turns, ev["start"], ev["end"])
                         obs.partials.append((now, ti))
+                        obs.updates.append((now, ti))
                         if ti is not None and ev.get("text", "").strip():
                             obs.first_partial.setdefault(ti, now)
                     elif kind == "transcript.final":
@@ -292,6 +298,7 @@ async def switchboard_stream(
                         )
                         if ev.get("latency_ms") is not None:
                             obs.server_latency_ms.append(float(ev["latency_ms"]))
+                        obs.updates.append((now, ti))
                         if ti is None:
                             obs.unmatched_finals += 1
                         else:
@@ -376,6 +383,7 @@ async def whisperlive_stream(url: str, spec: CallSpec, delay_s: float, quiet_s: 
         if segments:
             last = segments[-1]
             obs.partials.append((arrival, turn_of(turns, last["start"], last["end"])))
+            obs.updates.append(obs.partials[-1])
         current = {ti: " ".join(parts) for ti, parts in texts.items()}
         for ti, text in current.items():
             obs.first_partial.setdefault(ti, arrival)
@@ -445,7 +453,7 @@ def analyse(spec: CallSpec, obs: StreamObs, *, speakers: bool) -> dict[str, Any]
         "turns": len(turns),
         "errors": obs.errors,
     }
-    first_ms, interval_ms, final_ms = [], [], []
+    first_ms, interval_ms, update_ms, final_ms = [], [], [], []
     turns_without_final = turns_without_partial = 0
     if fw:
         for ti, t in enumerate(turns):
@@ -455,8 +463,9 @@ def analyse(spec: CallSpec, obs: StreamObs, *, speakers: bool) -> dict[str, Any]
                 first_ms.append((obs.first_partial[ti] - s_wall) * 1000)
             else:
                 turns_without_partial += 1
-            arrivals = sorted(a for a, tj in obs.partials if tj == ti and s_wall <= a <= e_wall)
-            interval_ms += [(b - a) * 1000 for a, b in zip(arrivals, arrivals[1:], strict=False)]
+            for arrivals_of, gaps in ((obs.partials, interval_ms), (obs.updates, update_ms)):
+                arrivals = sorted(a for a, tj in arrivals_of if tj == ti and s_wall <= a <= e_wall)
+                gaps += [(b - a) * 1000 for a, b in zip(arrivals, arrivals[1:], strict=False)]
             if ti in obs.final_at:
                 final_ms.append((obs.final_at[ti] - e_wall) * 1000)
             else:
@@ -478,12 +487,14 @@ def analyse(spec: CallSpec, obs: StreamObs, *, speakers: bool) -> dict[str, Any]
             "events": obs.events,
             "partial_first_ms": percentiles(first_ms),
             "partial_interval_ms": percentiles(interval_ms),
+            "update_interval_ms": percentiles(update_ms),
             "final_client_ms": percentiles(final_ms),
             "final_server_ms": percentiles(obs.server_latency_ms),
             "assist_ms": percentiles(obs.assist_ms) if speakers else None,
             "_raw": {
                 "first": first_ms,
                 "interval": interval_ms,
+                "update": update_ms,
                 "final": final_ms,
                 "server": obs.server_latency_ms,
                 "assist": obs.assist_ms,
@@ -552,6 +563,7 @@ def summarise(
         "ref_words": w_ref,
         "partial_first_ms": percentiles(pool("first")),
         "partial_interval_ms": percentiles(pool("interval")),
+        "update_interval_ms": percentiles(pool("update")),
         "final_client_ms": percentiles(pool("final")),
         "final_server_ms": percentiles(pool("server")) if speakers else None,
         "assist_ms": percentiles(pool("assist")) if speakers else None,
@@ -704,6 +716,7 @@ KEY_METRICS = [
     ("partial_first_p95_ms", lambda s: s["partial_first_ms"].get("p95")),
     ("partial_interval_p50_ms", lambda s: s["partial_interval_ms"].get("p50")),
     ("partial_interval_p95_ms", lambda s: s["partial_interval_ms"].get("p95")),
+    ("update_interval_p95_ms", lambda s: (s.get("update_interval_ms") or {}).get("p95")),
     ("speaker_accuracy", lambda s: (s.get("speaker_attribution") or {}).get("accuracy")),
     ("cpu_per_audio_s", lambda s: s.get("cpu_per_audio_s")),
     ("idle_cpu_per_s", lambda s: s.get("idle_cpu_per_s")),

@@ -98,7 +98,8 @@ class _Channel:
     seg_start: float | None = None
     utterance_id: str | None = None
     partial_due: float = 0.0  # wall time by which the next partial should be on its way to the client
-    partial_lead: float = 0.3  # how long a partial takes from request to client (moving average), seconds
+    partial_latency: float = 0.3  # request → client time of a partial: moving average, seconds
+    partial_jitter: float = 0.1  # and its moving mean absolute deviation (the lead is average + 2 × this)
     partial_requested: float = 0.0  # wall time of the latest partial request
     partial_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     partial_seq: int = 0  # requests made; a partial older than the last one sent is dropped
@@ -207,14 +208,16 @@ class VoiceSession:
 
     def _partial_wanted(self, ch: _Channel, now: float) -> bool:
         """Whether to request a partial now. Partials are timed by when they reach the client, not by when they
-        are asked for: the request goes out ``partial_lead`` (the measured request-to-client time) before the
-        next one is due, so previews arrive every ``partial_interval_s`` whatever the ASR load. One request per
-        channel is in flight at a time (a busy ASR thus gets fewer requests); one stuck longer than an interval
-        is superseded by a fresher one (the ASR queue keeps only the newest waiting partial per channel). None
-        is asked for in a pause: the final may be due, and a speculative final (itself the next partial if
-        speech resumes) has the ASR."""
+        are asked for: ``partial_interval_s`` after one is sent the next is due, and the request goes out a lead
+        ahead of that: the measured request-to-client time plus twice its deviation (as TCP times its
+        retransmissions), so that even a slower-than-usual preview arrives in time whatever the ASR load, and a
+        steady one a little early. One request per channel is in flight at a time (a busy ASR thus gets fewer
+        requests); one stuck longer than an interval is superseded by a fresher one (the ASR queue keeps only
+        the newest waiting partial per channel). None is asked for in a pause: the final may be due, and a
+        speculative final (itself the next partial if speech resumes) has the ASR."""
         interval = self.settings.partial_interval_s
-        if now < ch.partial_due - ch.partial_lead or ch.speculation is not None or ch.segmenter.in_pause:
+        lead = min(ch.partial_latency + 2 * ch.partial_jitter, interval)
+        if now < ch.partial_due - lead or ch.speculation is not None or ch.segmenter.in_pause:
             return False
         since = now - ch.partial_requested
         return since >= interval if ch.partial_tasks else since >= interval / 4
@@ -323,7 +326,9 @@ class VoiceSession:
         ch.partial_sent = seq
         sent = time.perf_counter()
         ch.partial_due = sent + self.settings.partial_interval_s
-        ch.partial_lead = min(0.7 * ch.partial_lead + 0.3 * (sent - requested), self.settings.partial_interval_s)
+        error = min(sent - requested, 2 * self.settings.partial_interval_s) - ch.partial_latency
+        ch.partial_latency += 0.3 * error
+        ch.partial_jitter += 0.3 * (abs(error) - ch.partial_jitter)
         speaker = ch.fixed_speaker or ch.last_speaker
         await self.emit(
             TranscriptPartial(

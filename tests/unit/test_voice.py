@@ -303,9 +303,12 @@ def test_partials_are_timed_to_arrive_every_interval_one_at_a_time():
 
     session = SimpleNamespace(settings=SimpleNamespace(partial_interval_s=0.8))
     ch = _Channel(0, SimpleNamespace(in_pause=False), None)
-    ch.partial_due, ch.partial_lead = 10.0, 0.3  # the last one was sent at 9.2; ASR takes ~0.3 s
+    ch.partial_due, ch.partial_latency, ch.partial_jitter = 10.0, 0.3, 0.05  # last sent at 9.2; ASR ~0.3 s
     wanted = VoiceSession._partial_wanted
-    assert not wanted(session, ch, 9.6) and wanted(session, ch, 9.7)  # asked for 0.3 s before it is due
+    assert not wanted(session, ch, 9.5) and wanted(session, ch, 9.6)  # asked for 0.3 + 2 × 0.05 s before it is due
+    ch.partial_jitter = 0.15
+    assert wanted(session, ch, 9.4)  # an ASR whose latency varies more is asked earlier, so slow ones are in time
+    ch.partial_jitter = 0.05
     ch.partial_requested, ch.partial_tasks = 9.7, {object()}  # one in flight
     assert not wanted(session, ch, 10.2)  # no second request while it runs...
     assert wanted(session, ch, 10.5)  # ...unless it is stuck for a whole interval: a fresher one supersedes it
