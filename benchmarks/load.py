@@ -48,6 +48,7 @@ from benchmarks._server import add_server_args, server  # noqa: E402
 from benchmarks._stats import emit, percentiles  # noqa: E402
 from benchmarks.chat_load import MESSAGES  # noqa: E402
 from serve.client import SessionClient  # noqa: E402
+from serve.run import haproxy_maxconn  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 
@@ -457,6 +458,15 @@ def main() -> int:
         # One tenant (the dev token's) opens every session here; its new-session rate limit is raised to the
         # connect rate so the run measures holding sessions, not the limiter (which still applies).
         os.environ.setdefault("SWITCHBOARD_TENANT_MESSAGES_PER_S", str(max(50.0, args.connect_rate * 1.5)))
+        # Ray Serve's Python proxy holds a session in one descriptor, HAProxy in two: the default front door
+        # (HAProxy) holds serve.run.haproxy_maxconn() connections, 8,976 under a 20,000 descriptor limit
+        if args.idle > haproxy_maxconn() and "SWITCHBOARD_INGRESS_PROXY" not in os.environ:
+            print(
+                f"front door: Ray Serve's Python proxy ({args.idle} idle sessions are more than HAProxy holds "
+                f"under this descriptor limit: {haproxy_maxconn()})",
+                file=sys.stderr,
+            )
+            os.environ["SWITCHBOARD_INGRESS_PROXY"] = "serve"
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

