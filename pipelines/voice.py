@@ -3,7 +3,7 @@ utterance pipeline as chat (guardrail → sentiment ∥ planner → assist → e
 
 Per channel, a VAD segmenter finds speech. While someone speaks, a partial transcript of the segment so far
 reaches the client every ``partial_interval_s``: it is requested that long after the previous one was sent, less
-the measured ASR latency (the ASR queue keeps only the newest waiting one per channel); at
+the measured ASR latency and twice its deviation (the ASR queue keeps only the newest waiting one per channel); at
 end of speech the segment is queued for its final. Finals are transcribed strictly in order by one worker per
 session. If the ASR service fails, the segment stays queued (its audio is kept) and is retried with backoff —
 replayed when ASR recovers — so the final transcript is complete; the client hears one retryable
@@ -198,7 +198,7 @@ class VoiceSession:
                 ch.partial_requested = now  # the speculation doubles as the next partial if speech resumes
             elif pause_end is None and spec is not None:
                 ch.speculation = None  # speech resumed: what was transcribed so far is a partial
-                self._spawn_partial(ch, self._partial_from(ch, spec, ch.partial_seq, ch.partial_requested))
+                self._spawn_partial(ch, self._partial_from(ch, spec, ch.partial_seq))
         if ch.seg_start is not None and self._partial_wanted(ch, now):
             ch.partial_requested = now
             self._spawn_partial(
@@ -303,11 +303,20 @@ class VoiceSession:
                 ch, uid, start, end, seq, self.asr.transcribe(audio, "partial", key), requested
             )
 
-    async def _partial_from(self, ch: _Channel, spec: _Speculation, seq: int, requested: float) -> None:
-        await self._send_partial(ch, spec.utterance_id, spec.start, spec.end, seq, spec.transcript, requested)
+    async def _partial_from(self, ch: _Channel, spec: _Speculation, seq: int) -> None:
+        """A speculative final that speech interrupted, sent as a partial (its timing, from the start of the
+        pause, says nothing about how long partials take)."""
+        await self._send_partial(ch, spec.utterance_id, spec.start, spec.end, seq, spec.transcript, None)
 
     async def _send_partial(
-        self, ch: _Channel, uid: str, start: float, end: float, seq: int, transcript: Any, requested: float
+        self,
+        ch: _Channel,
+        uid: str,
+        start: float,
+        end: float,
+        seq: int,
+        transcript: Any,
+        requested: float | None,
     ) -> None:
         try:
             result = await transcript
@@ -326,9 +335,10 @@ class VoiceSession:
         ch.partial_sent = seq
         sent = time.perf_counter()
         ch.partial_due = sent + self.settings.partial_interval_s
-        error = min(sent - requested, 2 * self.settings.partial_interval_s) - ch.partial_latency
-        ch.partial_latency += 0.3 * error
-        ch.partial_jitter += 0.3 * (abs(error) - ch.partial_jitter)
+        if requested is not None:
+            error = min(sent - requested, 2 * self.settings.partial_interval_s) - ch.partial_latency
+            ch.partial_latency += 0.3 * error
+            ch.partial_jitter += 0.3 * (abs(error) - ch.partial_jitter)
         speaker = ch.fixed_speaker or ch.last_speaker
         await self.emit(
             TranscriptPartial(

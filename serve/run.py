@@ -220,15 +220,16 @@ def _use_haproxy(*, local: bool) -> None:
 
 
 def haproxy_maxconn() -> int:
-    """The connections HAProxy can hold under this process's descriptor limit (which Ray's processes inherit):
-    two descriptors each, one to the client and one to the ingress replica, plus room for its own (at most
-    65,536; Ray's own default is 4096). A 20,000 limit holds 8,976."""
+    """The connections HAProxy can hold under this process's descriptor limit (which Ray's processes inherit).
+    HAProxy refuses to start when the limit is below what its ``maxconn`` needs: two descriptors per connection
+    (client and ingress replica) and half a pipe pair (it keeps ``maxconn / 4`` pipes), plus its listeners:
+    2.5 per connection and 1,024 to spare. At most 65,536 (Ray's own default is 4096); 7,590 under 20,000."""
     import resource
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
         return 65536
-    return max(256, min(65536, (hard - 2048) // 2))
+    return max(256, min(65536, int((hard - 1024) / 2.5)))
 
 
 def _port_free(port: int) -> int:
