@@ -157,6 +157,7 @@ def launch(
     config, resolved, token = _prepare(Path(config_path), settings or {}, port, grpc_port, defaults)
     schema = ServeDeploySchema.model_validate(config)
     os.environ.setdefault("RAY_worker_niceness", "0")
+    before = dict(os.environ)
     if resolved.ingress_proxy == "haproxy":
         _use_haproxy(local=address is None and not ray.is_initialized())
     if not ray.is_initialized():
@@ -169,6 +170,13 @@ def launch(
             log_to_driver=os.environ.get("SWITCHBOARD_RAY_LOG_TO_DRIVER", "1") == "1",
             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
         )
+    # the Ray started here took the HAProxy switches with it; processes this one starts later (another local
+    # server, `ray start` nodes) choose their own front door and ports
+    for name in [k for k in os.environ if k.startswith("RAY_SERVE_") and before.get(k) != os.environ[k]]:
+        if name in before:
+            os.environ[name] = before[name]
+        else:
+            del os.environ[name]
     client = serve_api.serve_start(
         http_options=schema.http_options.model_dump(),
         proxy_location=schema.proxy_location,

@@ -92,3 +92,10 @@ def test_a_chat_over_grpc_and_a_clean_stop(haproxy_app, capsys):
     assert any(e["type"] == "assist.suggestion" for e in events), events
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0
+
+
+def test_the_shared_app_left_no_haproxy_switch_in_this_process(app):
+    """The shared app's Ray took the HAProxy switches (and its ports) with it: servers and `ray start` nodes
+    this process starts later choose their own, instead of inheriting ports that are taken."""
+    assert app.settings.ingress_proxy == "haproxy"
+    assert not {k for k in os.environ if k.startswith("RAY_SERVE_HAPROXY") or k == "RAY_SERVE_ENABLE_HA_PROXY"}
