@@ -213,9 +213,15 @@ def _use_haproxy(*, local: bool) -> None:
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     # one node and no outer load balancer to drain connections away from a stopping replica (Ray's default: 30 s)
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
-    # HAProxy's stats page and Prometheus exporter listen on Ray's ports when they are free, else on free ones
-    # (a second local server: the test suite next to `make serve`)
-    for name, default in (("RAY_SERVE_HAPROXY_STATS_PORT", 8404), ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101)):
+    # HAProxy's stats page and Prometheus exporter, and the Python proxy HAProxy falls back to while no ingress
+    # replica is up, listen on Ray's ports when they are free, else on free ones: a second local server (the
+    # test suite next to `make serve`) must not send its callers to the first one's proxy
+    for name, default in (
+        ("RAY_SERVE_HAPROXY_STATS_PORT", 8404),
+        ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101),
+        ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", 8500),
+        ("RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", 9500),
+    ):
         if name not in os.environ:
             os.environ[name] = str(_port_free(default) or _port_free(0))
     if "RAY_SERVE_HAPROXY_MAXCONN" not in os.environ:

@@ -270,5 +270,6 @@ def test_haproxy_front_door_moves_its_ports_off_taken_ones_and_fits_the_descript
     assert stats != 8404 and 0 < stats < 65536
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert env["RAY_SERVE_HAPROXY_MAXCONN"] == "7590"
-    metrics = int(env["RAY_SERVE_HAPROXY_METRICS_PORT"])
-    assert metrics != stats
+    ports = {int(env[f"RAY_SERVE_{name}"]) for name in ("HAPROXY_METRICS_PORT", "FALLBACK_PROXY_HTTP_PORT",
+                                                          "FALLBACK_PROXY_GRPC_PORT")}  # fmt: skip
+    assert len(ports | {stats}) == 4  # the Python proxy HAProxy falls back to has ports of its own too
