@@ -231,7 +231,6 @@ class StreamObs:
     index: int
     frame_walls: list[float] = field(default_factory=list)
     partials: list[tuple[float, int | None]] = field(default_factory=list)  # (arrival, turn)
-    updates: list[tuple[float, int | None]] = field(default_factory=list)  # partials and finals: (arrival, turn)
     first_partial: dict[int, float] = field(default_factory=dict)
     final_at: dict[int, float] = field(default_factory=dict)  # turn → arrival of its last final
     server_latency_ms: list[float] = field(default_factory=list)
@@ -280,7 +279,6 @@ async def switchboard_stream(
                     if kind == "transcript.partial":
                         ti = turn_of(turns, ev["start"], ev["end"])
                         obs.partials.append((now, ti))
-                        obs.updates.append((now, ti))
                         if ti is not None and ev.get("text", "").strip():
                             obs.first_partial.setdefault(ti, now)
                     elif kind == "transcript.final":
@@ -298,7 +296,6 @@ async def switchboard_stream(
                         )
                         if ev.get("latency_ms") is not None:
                             obs.server_latency_ms.append(float(ev["latency_ms"]))
-                        obs.updates.append((now, ti))
                         if ti is None:
                             obs.unmatched_finals += 1
                         else:
@@ -383,7 +380,6 @@ async def whisperlive_stream(url: str, spec: CallSpec, delay_s: float, quiet_s: 
         if segments:
             last = segments[-1]
             obs.partials.append((arrival, turn_of(turns, last["start"], last["end"])))
-            obs.updates.append(obs.partials[-1])
         current = {ti: " ".join(parts) for ti, parts in texts.items()}
         for ti, text in current.items():
             obs.first_partial.setdefault(ti, arrival)
@@ -455,6 +451,8 @@ def analyse(spec: CallSpec, obs: StreamObs, *, speakers: bool) -> dict[str, Any]
     }
     first_ms, interval_ms, update_ms, final_ms = [], [], [], []
     turns_without_final = turns_without_partial = 0
+    # every update of a turn's text: switchboard's partials and finals; WhisperLive's messages (already partials)
+    updates = obs.partials + [(f["arrival"], f["turn"]) for f in obs.finals if f.get("arrival") is not None]
     if fw:
         for ti, t in enumerate(turns):
             s_wall = fw[frame_index(t.start, len(fw))]
@@ -463,7 +461,7 @@ def analyse(spec: CallSpec, obs: StreamObs, *, speakers: bool) -> dict[str, Any]
                 first_ms.append((obs.first_partial[ti] - s_wall) * 1000)
             else:
                 turns_without_partial += 1
-            for arrivals_of, gaps in ((obs.partials, interval_ms), (obs.updates, update_ms)):
+            for arrivals_of, gaps in ((obs.partials, interval_ms), (updates, update_ms)):
                 arrivals = sorted(a for a, tj in arrivals_of if tj == ti and s_wall <= a <= e_wall)
                 gaps += [(b - a) * 1000 for a, b in zip(arrivals, arrivals[1:], strict=False)]
             if ti in obs.final_at:

@@ -460,10 +460,11 @@ def main() -> int:
         os.environ.setdefault("SWITCHBOARD_TENANT_MESSAGES_PER_S", str(max(50.0, args.connect_rate * 1.5)))
         # Ray Serve's Python proxy holds a session in one descriptor, HAProxy in two: the default front door
         # (HAProxy) holds serve.run.haproxy_maxconn() connections, 7,590 under a 20,000 descriptor limit
-        if args.idle > haproxy_maxconn() and "SWITCHBOARD_INGRESS_PROXY" not in os.environ:
+        holds = haproxy_maxconn()
+        if args.idle > holds and "SWITCHBOARD_INGRESS_PROXY" not in os.environ:
             print(
                 f"front door: Ray Serve's Python proxy ({args.idle} idle sessions are more than HAProxy holds "
-                f"under this descriptor limit: {haproxy_maxconn()})",
+                f"under this descriptor limit: {holds})",
                 file=sys.stderr,
             )
             os.environ["SWITCHBOARD_INGRESS_PROXY"] = "serve"

